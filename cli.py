@@ -1,0 +1,266 @@
+# The command line: parse arguments, call p2pnode, print. No logic, no SQL, no crypto here.
+# User errors become one line on stderr and a non-zero exit (click.ClickException), never a traceback.
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from p2pnode.home import HomeError, default_home
+from p2pnode.local import Local, UserError, check_text, describe, init_home, open_home, runtime_info, view
+from p2pnode.store import StoredEntry, StoreError
+from protocol.errors import InvalidId, ProtocolError
+from protocol.ids import entry_ref, feed_id, parse_entry_ref, parse_feed_id
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+LIMIT_OPTION = click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most N entries.")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn every error that is the user's or the input's into one clear line."""
+    try:
+        yield
+    except (HomeError, StoreError, UserError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except InvalidId as exc:
+        raise click.ClickException(exc.message) from None
+    except ProtocolError as exc:
+        raise click.ClickException(exc.reason) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+
+@contextmanager
+def local(ctx: click.Context) -> Iterator[Local]:
+    with user_errors(), open_home(ctx.obj["home"]) as node:
+        yield node
+
+
+def emit(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False))
+
+
+def print_entries(items: list[StoredEntry], node: Local, as_json: bool) -> None:
+    for stored in items:
+        item = view(stored, node.store)
+        click.echo(json.dumps(item, ensure_ascii=False) if as_json else describe(item))
+
+
+def feed_arg(text: str) -> bytes:
+    with user_errors():
+        return parse_feed_id(text)
+
+
+def hash_arg(text: str) -> bytes:
+    with user_errors():
+        return parse_entry_ref(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="P2PNODE_HOME",
+              default=None, help="The node's home directory (env P2PNODE_HOME; default: the user data dir).")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None) -> None:
+    """p2pnode: a peer-to-peer, censorship-resistant posting node."""
+    ctx.obj = {"home": home if home is not None else default_home()}
+
+
+@main.command()
+@JSON_OPTION
+@click.pass_context
+def init(ctx: click.Context, as_json: bool) -> None:
+    """Create this node's identity (an Ed25519 key pair) and its store."""
+    with user_errors():
+        identity = init_home(ctx.obj["home"])
+    if as_json:
+        emit({"id": identity})
+    else:
+        click.echo(f"created identity {identity} in {ctx.obj['home']}")
+
+
+@main.command()
+@JSON_OPTION
+@click.pass_context
+def whoami(ctx: click.Context, as_json: bool) -> None:
+    """Show this node's feed id (and its address while it runs)."""
+    with local(ctx) as node:
+        data: dict[str, Any] = {"id": node.id}
+        running = runtime_info(node.home)
+        if running and running.get("address"):
+            data["address"] = running["address"]
+    if as_json:
+        emit(data)
+    else:
+        click.echo(data["id"])
+        if "address" in data:
+            click.echo(f"address {data['address']}")
+
+
+def publish_and_print(ctx: click.Context, as_json: bool, action: Callable[[Local], StoredEntry | None],
+                      unchanged: str = "") -> None:
+    with local(ctx) as node:
+        stored = action(node)
+    if stored is None:
+        click.echo(unchanged, err=True)
+        return
+    if as_json:
+        emit({"hash": entry_ref(stored.entry.hash), "seq": stored.entry.seq})
+    else:
+        click.echo(entry_ref(stored.entry.hash))
+
+
+def read_text(text: str) -> str:
+    if text == "-":
+        text = sys.stdin.read()
+    with user_errors():
+        return check_text(text)
+
+
+@main.command()
+@click.argument("text")
+@JSON_OPTION
+@click.pass_context
+def post(ctx: click.Context, text: str, as_json: bool) -> None:
+    """Publish a post. TEXT '-' reads the text from standard input."""
+    body = read_text(text)
+    publish_and_print(ctx, as_json, lambda node: node.publish({"type": "post", "text": body}))
+
+
+@main.command()
+@click.argument("parent", metavar="HASH")
+@click.argument("text")
+@JSON_OPTION
+@click.pass_context
+def reply(ctx: click.Context, parent: str, text: str, as_json: bool) -> None:
+    """Publish a post that replies to the entry HASH. TEXT '-' reads standard input."""
+    parent_hash = hash_arg(parent)
+    body = read_text(text)
+    publish_and_print(ctx, as_json, lambda node: node.reply(parent_hash, body))
+
+
+def contact_command(kind: str, doc: str) -> None:
+    @click.argument("feed", metavar="ID")
+    @JSON_OPTION
+    @click.pass_context
+    def command(ctx: click.Context, feed: str, as_json: bool) -> None:
+        target = feed_arg(feed)
+        state = {"follow": "already following", "unfollow": "not following",
+                 "block": "already blocking", "unblock": "not blocking"}[kind]
+        publish_and_print(ctx, as_json, lambda node: node.set_contact(target, kind),
+                          unchanged=f"{state} {feed}; nothing written")
+
+    command.__doc__ = doc
+    main.command(name=kind)(command)
+
+
+contact_command("follow", "Follow the feed ID: replicate it and show it in the timeline.")
+contact_command("unfollow", "Stop following the feed ID.")
+contact_command("block", "Block the feed ID: never fetch, store, serve or show it; purge what is held.")
+contact_command("unblock", "Unblock the feed ID.")
+
+
+@main.command()
+@click.option("--name", required=True, help="The name others see.")
+@click.option("--about", default=None, help="A short description.")
+@JSON_OPTION
+@click.pass_context
+def profile(ctx: click.Context, name: str, about: str | None, as_json: bool) -> None:
+    """Publish this feed's profile."""
+    payload = {"type": "profile", "name": name}
+    if about is not None:
+        payload["about"] = about
+    publish_and_print(ctx, as_json, lambda node: node.publish(payload))
+
+
+@main.command()
+@click.argument("target", metavar="HASH")
+@JSON_OPTION
+@click.pass_context
+def retract(ctx: click.Context, target: str, as_json: bool) -> None:
+    """Retract one of your entries: its payload is deleted everywhere; its header stays in the log."""
+    target_hash = hash_arg(target)
+    publish_and_print(ctx, as_json, lambda node: node.retract(target_hash))
+
+
+@main.command()
+@click.argument("feed", metavar="[ID]", required=False)
+@LIMIT_OPTION
+@JSON_OPTION
+@click.pass_context
+def feed(ctx: click.Context, feed: str | None, limit: int | None, as_json: bool) -> None:
+    """Show a feed's entries, newest first (default: your own feed)."""
+    author = feed_arg(feed) if feed is not None else None
+    with local(ctx) as node:
+        print_entries(node.store.feed(author or node.owner, limit), node, as_json)
+
+
+@main.command()
+@LIMIT_OPTION
+@JSON_OPTION
+@click.pass_context
+def timeline(ctx: click.Context, limit: int | None, as_json: bool) -> None:
+    """Show your entries and those of the feeds you follow, newest first."""
+    with local(ctx) as node:
+        print_entries(node.store.timeline(limit), node, as_json)
+
+
+@main.command()
+@JSON_OPTION
+@click.pass_context
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Re-verify every stored header, signature, chain link and payload hash. Exits 1 on any problem."""
+    with local(ctx) as node:
+        problems = node.store.check()
+    for problem in problems:
+        item = {"feed": feed_id(problem.author), "seq": problem.seq, "problem": problem.what}
+        if as_json:
+            emit(item)
+        else:
+            click.echo(f"{item['feed']} seq {item['seq']}: {item['problem']}")
+    if problems:
+        raise SystemExit(1)
+    if not as_json:
+        click.echo("ok: every stored entry verifies")
+
+
+@main.command()
+@JSON_OPTION
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the node id, what the store holds, forked feeds, and the running node's peers."""
+    with local(ctx) as node:
+        counts = node.store.counts()
+        data: dict[str, Any] = {
+            "id": node.id,
+            "feeds": counts["feeds"],
+            "entries": counts["entries"],
+            "forked": [feed_id(a) for a in node.store.forked_feeds()],
+            "following": len(node.store.follows()),
+            "blocking": len(node.store.blocked()),
+        }
+        running = runtime_info(node.home)
+        data["running"] = bool(running)
+        if running:
+            data.update({k: running[k] for k in ("address", "peers") if k in running})
+    if as_json:
+        emit(data)
+        return
+    for key, value in data.items():
+        if key == "peers":
+            for peer in value:
+                click.echo(f"peer {peer.get('id')} {peer.get('address') or ''} "
+                           f"{'in sync' if peer.get('in_sync') else 'syncing'}")
+        elif key == "forked":
+            click.echo(f"forked: {', '.join(value) if value else 'none'}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+# What the CLI does to a home without the network: open the identity and the store, publish entries,
+# and turn stored entries into plain views (dicts) that the CLI prints as text or JSON.
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+
+from protocol.errors import InvalidEntry
+from protocol.ids import entry_ref, feed_id
+
+from .home import RUNTIME_FILE, STORE_FILE, create_identity, load_identity
+from .store import Store, StoredEntry
+
+
+class UserError(Exception):
+    """A request that cannot be carried out as asked, worded for the user (one line)."""
+
+
+@dataclass
+class Local:
+    home: Path
+    key: nacl.signing.SigningKey
+    store: Store
+
+    @property
+    def owner(self) -> bytes:
+        return bytes(self.key.verify_key)
+
+    @property
+    def id(self) -> str:
+        return feed_id(self.owner)
+
+    def publish(self, payload: dict[str, Any]) -> StoredEntry:
+        entry = self.store.publish(self.key, payload)
+        stored = self.store.entry_by_hash(entry.hash)
+        assert stored is not None
+        return stored
+
+    def set_contact(self, target: bytes, kind: str) -> StoredEntry | None:
+        """follow/unfollow/block/unblock; None (and nothing written) when it is already so."""
+        if target == self.owner:
+            raise UserError(f"cannot {kind} your own feed")
+        already = {
+            "follow": target in self.store.follows(),
+            "unfollow": target not in self.store.follows(),
+            "block": target in self.store.blocked(),
+            "unblock": target not in self.store.blocked(),
+        }[kind]
+        if already:
+            return None
+        return self.publish({"type": kind, "feed": target})
+
+    def reply(self, parent: bytes, text: str) -> StoredEntry:
+        if self.store.entry_by_hash(parent) is None:
+            raise UserError(f"no entry {entry_ref(parent)} in this store")
+        return self.publish({"type": "post", "text": text, "reply_to": parent})
+
+    def retract(self, target: bytes) -> StoredEntry:
+        stored = self.store.entry_by_hash(target)
+        if stored is None:
+            raise UserError(f"no entry {entry_ref(target)} in this store")
+        if stored.entry.author != self.owner:
+            raise UserError(f"entry {entry_ref(target)} is not yours: only its author can retract it")
+        if stored.retracted:
+            raise UserError(f"entry {entry_ref(target)} is already retracted")
+        return self.publish({"type": "retract", "entry": target})
+
+
+def init_home(home: Path) -> str:
+    key = create_identity(home)
+    Store(home / STORE_FILE, bytes(key.verify_key)).close()
+    return feed_id(bytes(key.verify_key))
+
+
+@contextmanager
+def open_home(home: Path) -> Iterator[Local]:
+    key = load_identity(home)
+    store = Store(home / STORE_FILE, bytes(key.verify_key))
+    try:
+        yield Local(home, key, store)
+    finally:
+        store.close()
+
+
+def runtime_info(home: Path) -> dict[str, Any] | None:
+    """What a running node wrote about itself (its address), or None when no node runs here."""
+    try:
+        return json.loads((home / RUNTIME_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_text(text: str) -> str:
+    if not text.strip():
+        raise UserError("empty post: there is nothing to publish")
+    return text
+
+
+def view(stored: StoredEntry, store: Store | None = None) -> dict[str, Any]:
+    """A stored entry as a flat dict: what `feed --json` and `timeline --json` print, one per line."""
+    entry = stored.entry
+    result: dict[str, Any] = {
+        "author": feed_id(entry.author),
+        "seq": entry.seq,
+        "hash": entry_ref(entry.hash),
+        "timestamp": entry.header.timestamp,
+        "type": None,
+    }
+    if store is not None:
+        name = store.profile_name(entry.author)
+        if name is not None:
+            result["author_name"] = name
+    try:
+        content = stored.content
+    except InvalidEntry:  # cannot happen for a verified entry; shown rather than hidden
+        content = None
+    if content is None:
+        result["retracted"] = stored.retracted
+        result["payload_held"] = False
+        return result
+    for key, value in content.items():
+        if key == "feed":
+            result[key] = feed_id(value)
+        elif key in ("reply_to", "entry"):
+            result[key] = entry_ref(value)
+        elif isinstance(value, bytes):
+            result[key] = value.hex()
+        else:
+            result[key] = value
+    return result
+
+
+def describe(item: dict[str, Any]) -> str:
+    """Two or more human lines for one entry view."""
+    when = datetime.fromtimestamp(item["timestamp"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    who = item["author"] + (f" ({item['author_name']})" if "author_name" in item else "")
+    head = f"{item['hash']}  {who}  seq {item['seq']}  {when}"
+    kind = item["type"]
+    if kind is None:
+        body = "[retracted]" if item.get("retracted") else "[payload not held]"
+    elif kind == "post":
+        body = item["text"] if "reply_to" not in item else f"(reply to {item['reply_to']}) {item['text']}"
+    elif kind in ("follow", "unfollow", "block", "unblock"):
+        body = f"[{kind}s {item['feed']}]"
+    elif kind == "profile":
+        body = f"[profile: name {item['name']!r}" + (f", about {item['about']!r}]" if "about" in item else "]")
+    elif kind == "retract":
+        body = f"[retracts {item['entry']}]"
+    else:
+        body = f"[{kind}]"
+    return head + "\n    " + body.replace("\n", "\n    ")

@@ -1,0 +1,471 @@
+# The SQLite store: every verified entry this node holds, the feed heads, fork proofs, the contact graph
+# and profiles derived from the logs, and the peer book. Uses the standard sqlite3 module in WAL mode with
+# short transactions called inline (spec/decisions.md says why not aiosqlite, and why not a thread).
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+
+from protocol.errors import ForkDetected, InvalidEntry, ProtocolError
+from protocol.ids import feed_id
+from protocol.log import (
+    CONTACT_TYPES,
+    Entry,
+    FeedHead,
+    check_link,
+    create_entry,
+    decode_header,
+    decode_payload,
+    entry_hash,
+    sha256,
+    verify_entry,
+)
+
+# Each migration is applied once, in its own transaction, and recorded in schema_migrations.
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+        CREATE TABLE feeds (
+            author    BLOB PRIMARY KEY,
+            head_seq  INTEGER NOT NULL,
+            head_hash BLOB NOT NULL,
+            forked    INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE TABLE entries (
+            id        INTEGER PRIMARY KEY,
+            author    BLOB NOT NULL,
+            seq       INTEGER NOT NULL,
+            hash      BLOB NOT NULL,
+            header    BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            payload   BLOB,
+            type      TEXT,
+            timestamp INTEGER NOT NULL,
+            retracted INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE UNIQUE INDEX entries_author_seq ON entries(author, seq);
+        CREATE UNIQUE INDEX entries_hash ON entries(hash);
+        CREATE INDEX entries_timestamp ON entries(timestamp);
+        CREATE TABLE forks (
+            author      BLOB NOT NULL,
+            seq         INTEGER NOT NULL,
+            header_a    BLOB NOT NULL,
+            signature_a BLOB NOT NULL,
+            header_b    BLOB NOT NULL,
+            signature_b BLOB NOT NULL,
+            detected_at INTEGER NOT NULL,
+            PRIMARY KEY (author, seq, header_b)
+        );
+        CREATE TABLE contacts (
+            author    BLOB NOT NULL,
+            target    BLOB NOT NULL,
+            following INTEGER NOT NULL DEFAULT 0,
+            blocking  INTEGER NOT NULL DEFAULT 0,
+            seq       INTEGER NOT NULL,
+            PRIMARY KEY (author, target)
+        ) WITHOUT ROWID;
+        CREATE TABLE profiles (
+            author BLOB PRIMARY KEY,
+            name   TEXT NOT NULL,
+            about  TEXT,
+            seq    INTEGER NOT NULL
+        ) WITHOUT ROWID;
+    """),
+]
+
+BUSY_TIMEOUT_S = 30.0
+
+
+class StoreError(Exception):
+    """A problem opening or migrating the store, worded for the user."""
+
+
+@dataclass
+class IngestResult:
+    """What one batch did: entries newly stored, duplicates seen, and the error that stopped it, if any."""
+
+    stored: list[Entry] = field(default_factory=list)
+    duplicates: int = 0
+    error: ProtocolError | None = None
+    purged_feeds: list[bytes] = field(default_factory=list)
+    retracted: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An entry as the store holds it, for reading commands."""
+
+    id: int
+    entry: Entry
+    retracted: bool
+
+    @property
+    def content(self) -> dict[str, Any] | None:
+        return self.entry.content()
+
+
+@dataclass(frozen=True)
+class Problem:
+    author: bytes
+    seq: int | None
+    what: str
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    """One SQLite file. `owner` is the node's own feed: its contact entries decide follows and blocks."""
+
+    def __init__(self, path: Path | str, owner: bytes) -> None:
+        self.path = Path(path)
+        self.owner = owner
+        try:
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_S,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ schema
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                        "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+        for version, sql in MIGRATIONS:
+            with self._write():
+                done = self.db.execute("SELECT 1 FROM schema_migrations WHERE version = ?",
+                                       (version,)).fetchone()
+                if done:
+                    continue
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, _now_ms()))
+        newest = self.db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        if newest > MIGRATIONS[-1][0]:
+            raise StoreError(f"store {self.path} has schema version {newest}, newer than this p2pnode knows")
+
+    def schema_versions(self) -> list[int]:
+        return [row[0] for row in self.db.execute("SELECT version FROM schema_migrations ORDER BY version")]
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: how a running node notices the CLI's writes."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    # ------------------------------------------------------------ writing
+
+    def ingest(self, items: Iterable[tuple[bytes, bytes, bytes | None]]) -> IngestResult:
+        """Verify and store a batch of entries (any feeds, each feed in order) in one transaction.
+
+        The entries before the first invalid one are stored; the invalid one and the rest of the batch
+        are not, and the error is returned (spec/log.md, "Ingesting a batch")."""
+        result = IngestResult()
+        with self._write():
+            self._ingest_locked(items, result)
+        return result
+
+    def _ingest_locked(self, items: Iterable[tuple[bytes, bytes, bytes | None]], result: IngestResult) -> None:
+        heads: dict[bytes, FeedHead | None] = {}
+        forked: dict[bytes, bool] = {}
+        blocked = self.blocked()
+        for header_bytes, signature, payload in items:
+            try:
+                entry = verify_entry(header_bytes, signature, payload)
+                author = entry.author
+                if author in blocked:
+                    raise _Blocked(f"feed {_short(author)} is blocked")
+                if author not in heads:
+                    row = self.db.execute("SELECT head_seq, head_hash, forked FROM feeds WHERE author = ?",
+                                          (author,)).fetchone()
+                    heads[author] = FeedHead(author, row[0], row[1]) if row else None
+                    forked[author] = bool(row[2]) if row else False
+                head = heads[author]
+                if head is not None and entry.seq <= head.seq:
+                    self._known_seq(entry, result)
+                    continue
+                if forked[author]:
+                    raise ForkDetected(f"feed {_short(author)} is forked and accepts no more entries")
+                check_link(entry, head)
+            except ProtocolError as exc:
+                result.error = exc
+                break
+            self._insert(entry, result)
+            heads[author] = FeedHead(author, entry.seq, entry.hash)
+            if self.owner == author and (entry.content() or {}).get("type") == "block":
+                blocked = self.blocked()
+        for author, head in heads.items():
+            if head is not None and author not in result.purged_feeds:
+                self.db.execute("INSERT INTO feeds(author, head_seq, head_hash) VALUES (?, ?, ?) "
+                                "ON CONFLICT(author) DO UPDATE SET head_seq = excluded.head_seq, "
+                                "head_hash = excluded.head_hash", (author, head.seq, head.hash))
+
+    def _known_seq(self, entry: Entry, result: IngestResult) -> None:
+        row = self.db.execute("SELECT id, hash, payload, retracted, header, signature FROM entries "
+                              "WHERE author = ? AND seq = ?", (entry.author, entry.seq)).fetchone()
+        if row is None:
+            raise InvalidEntry(f"store has no entry at seq {entry.seq} below the head")  # cannot happen
+        row_id, stored_hash, stored_payload, retracted, header_a, signature_a = row
+        if stored_hash == entry.hash:
+            result.duplicates += 1
+            if stored_payload is None and not retracted and entry.payload is not None:
+                self._set_payload(row_id, entry)
+            return
+        self.db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (entry.author, entry.seq, header_a, signature_a, entry.header_bytes,
+                         entry.signature, _now_ms()))
+        self.db.execute("UPDATE feeds SET forked = 1 WHERE author = ?", (entry.author,))
+        raise ForkDetected(f"feed {_short(entry.author)} signed two different entries at seq {entry.seq}")
+
+    def _insert(self, entry: Entry, result: IngestResult) -> None:
+        content = entry.content()
+        kind = content.get("type") if content else None
+        cursor = self.db.execute(
+            "INSERT INTO entries(author, seq, hash, header, signature, payload, type, timestamp) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (entry.author, entry.seq, entry.hash, entry.header_bytes, entry.signature, entry.payload, kind,
+             entry.header.timestamp))
+        result.stored.append(entry)
+        if content is not None:
+            self._apply(cursor.lastrowid, entry, content, result)
+
+    def _set_payload(self, row_id: int, entry: Entry) -> None:
+        content = entry.content() or {}
+        self.db.execute("UPDATE entries SET payload = ?, type = ? WHERE id = ?",
+                        (entry.payload, content.get("type"), row_id))
+        self._apply(row_id, entry, content, IngestResult())
+
+    def _apply(self, row_id: int | None, entry: Entry, content: dict[str, Any], result: IngestResult) -> None:
+        """Derive state from a payload: contacts, profiles, retractions, and the owner's blocks."""
+        kind = content["type"]
+        author = entry.author
+        if kind in CONTACT_TYPES:
+            column = "following" if kind in ("follow", "unfollow") else "blocking"
+            value = 1 if kind in ("follow", "block") else 0
+            self.db.execute(
+                f"INSERT INTO contacts(author, target, {column}, seq) VALUES (?, ?, ?, ?) "
+                f"ON CONFLICT(author, target) DO UPDATE SET {column} = excluded.{column}, seq = excluded.seq "
+                "WHERE excluded.seq >= contacts.seq",
+                (author, content["feed"], value, entry.seq))
+            if kind == "block" and author == self.owner and content["feed"] != self.owner:
+                self._purge_feed(content["feed"])
+                result.purged_feeds.append(content["feed"])
+        elif kind == "profile":
+            self.db.execute(
+                "INSERT INTO profiles VALUES (?, ?, ?, ?) ON CONFLICT(author) DO UPDATE SET "
+                "name = excluded.name, about = excluded.about, seq = excluded.seq WHERE excluded.seq >= profiles.seq",
+                (author, content["name"], content.get("about"), entry.seq))
+        elif kind == "retract":
+            target = content["entry"]
+            changed = self.db.execute(
+                "UPDATE entries SET payload = NULL, retracted = 1 WHERE hash = ? AND author = ? AND seq < ?",
+                (target, author, entry.seq)).rowcount
+            if changed:
+                result.retracted.append(target)
+
+    def _purge_feed(self, author: bytes) -> None:
+        for table in ("entries", "feeds", "forks", "profiles"):
+            self.db.execute(f"DELETE FROM {table} WHERE author = ?", (author,))
+        self.db.execute("DELETE FROM contacts WHERE author = ?", (author,))
+
+    def publish(self, signing_key: nacl.signing.SigningKey, payload: dict[str, Any],
+                timestamp: int | None = None) -> Entry:
+        """Sign and store the next entry of the owner's feed. Raises InvalidEntry for a bad payload."""
+        author = bytes(signing_key.verify_key)
+        with self._write():
+            row = self.db.execute("SELECT head_seq, head_hash, forked FROM feeds WHERE author = ?",
+                                  (author,)).fetchone()
+            previous = FeedHead(author, row[0], row[1]) if row else None
+            ts = _now_ms() if timestamp is None else timestamp
+            if previous is not None:
+                prev_ts = self.db.execute("SELECT timestamp FROM entries WHERE author = ? AND seq = ?",
+                                          (author, previous.seq)).fetchone()
+                ts = max(ts, prev_ts[0]) if prev_ts else ts  # keep the author's own clock monotonic
+            entry = create_entry(signing_key, previous, payload, ts)
+            result = IngestResult()
+            self._ingest_locked([(entry.header_bytes, entry.signature, entry.payload)], result)
+            if result.error is not None:
+                raise result.error
+        return entry
+
+    # ------------------------------------------------------------ reading
+
+    def head(self, author: bytes) -> FeedHead | None:
+        row = self.db.execute("SELECT head_seq, head_hash FROM feeds WHERE author = ?", (author,)).fetchone()
+        return FeedHead(author, row[0], row[1]) if row else None
+
+    def clock(self, authors: Iterable[bytes] | None = None) -> dict[bytes, int]:
+        """feed -> latest seq held; for the given feeds only (0 for a feed not held) when they are named."""
+        if authors is None:
+            return dict(self.db.execute("SELECT author, head_seq FROM feeds"))
+        wanted = list(authors)
+        result = dict.fromkeys(wanted, 0)
+        for author in wanted:
+            row = self.db.execute("SELECT head_seq FROM feeds WHERE author = ?", (author,)).fetchone()
+            if row:
+                result[author] = row[0]
+        return result
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[StoredEntry]:
+        return [_stored(row) for row in self.db.execute(sql, params)]
+
+    def entries_after(self, author: bytes, seq: int, limit: int) -> list[StoredEntry]:
+        """Entries of one feed with seq > `seq`, in order."""
+        return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author = ? AND seq > ? "
+                          "ORDER BY seq LIMIT ?", (author, seq, limit))
+
+    def feed(self, author: bytes, limit: int | None = None) -> list[StoredEntry]:
+        """A feed's entries, newest first."""
+        return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author = ? ORDER BY seq DESC LIMIT ?",
+                          (author, -1 if limit is None else limit))
+
+    def timeline(self, limit: int | None = None) -> list[StoredEntry]:
+        """The owner's entries and those of the feeds the owner follows, newest first, blocked feeds left out."""
+        return self._rows(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author IN "
+            "(SELECT ? UNION SELECT target FROM contacts WHERE author = ? AND following = 1 "
+            " EXCEPT SELECT target FROM contacts WHERE author = ? AND blocking = 1) "
+            "ORDER BY timestamp DESC, id DESC LIMIT ?",
+            (self.owner, self.owner, self.owner, -1 if limit is None else limit))
+
+    def entry_by_hash(self, entry_hash_: bytes) -> StoredEntry | None:
+        rows = self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE hash = ?", (entry_hash_,))
+        return rows[0] if rows else None
+
+    def entries_since(self, row_id: int, limit: int) -> list[StoredEntry]:
+        """Entries stored after the row id `row_id`, in storage order: what a running node pushes."""
+        return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id > ? ORDER BY id LIMIT ?",
+                          (row_id, limit))
+
+    def last_row_id(self) -> int:
+        return self.db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
+
+    def follows(self, author: bytes | None = None) -> set[bytes]:
+        who = self.owner if author is None else author
+        return {r[0] for r in self.db.execute(
+            "SELECT target FROM contacts WHERE author = ? AND following = 1", (who,))}
+
+    def blocked(self) -> set[bytes]:
+        return {r[0] for r in self.db.execute(
+            "SELECT target FROM contacts WHERE author = ? AND blocking = 1", (self.owner,))}
+
+    def wanted_feeds(self, hops: int) -> set[bytes]:
+        """The owner's feed, the feeds it follows and, up to `hops`, the feeds those follow; minus blocks."""
+        blocked = self.blocked()
+        wanted = {self.owner}
+        frontier = {self.owner}
+        for _ in range(max(hops, 1)):
+            next_frontier: set[bytes] = set()
+            for author in frontier:
+                next_frontier |= self.follows(author) - wanted - blocked
+            wanted |= next_frontier
+            frontier = next_frontier
+        return wanted - blocked
+
+    def profile_name(self, author: bytes) -> str | None:
+        row = self.db.execute("SELECT name FROM profiles WHERE author = ?", (author,)).fetchone()
+        return row[0] if row else None
+
+    def forked_feeds(self) -> list[bytes]:
+        return [r[0] for r in self.db.execute("SELECT author FROM feeds WHERE forked = 1 ORDER BY author")]
+
+    def fork_proofs(self, author: bytes) -> list[tuple[int, bytes, bytes]]:
+        return list(self.db.execute("SELECT seq, header_a, header_b FROM forks WHERE author = ?", (author,)))
+
+    def counts(self) -> dict[str, int]:
+        feeds, entries = self.db.execute("SELECT (SELECT count(*) FROM feeds), "
+                                         "(SELECT count(*) FROM entries)").fetchone()
+        return {"feeds": feeds, "entries": entries}
+
+    # ------------------------------------------------------------ check
+
+    def check(self) -> list[Problem]:
+        """Re-verify every stored header, signature, chain link and payload hash, and list forked feeds."""
+        problems: list[Problem] = []
+        for (author,) in self.db.execute("SELECT DISTINCT author FROM entries ORDER BY author").fetchall():
+            problems.extend(self._check_feed(author))
+        for (author, seq, header_b) in self.db.execute("SELECT author, seq, header_b FROM forks").fetchall():
+            problems.append(Problem(author, seq, f"forked: a second entry {entry_hash(header_b).hex()[:16]}... "
+                                                 "was signed for this seq"))
+        for (author, head_seq) in self.db.execute("SELECT author, head_seq FROM feeds").fetchall():
+            actual = self.db.execute("SELECT max(seq) FROM entries WHERE author = ?", (author,)).fetchone()[0]
+            if actual != head_seq:
+                problems.append(Problem(author, head_seq, f"feed head says seq {head_seq}, entries end at {actual}"))
+        return problems
+
+    def _check_feed(self, author: bytes) -> Iterator[Problem]:
+        previous: FeedHead | None = None
+        for seq, stored_hash, header, signature, payload in self.db.execute(
+                "SELECT seq, hash, header, signature, payload FROM entries WHERE author = ? ORDER BY seq",
+                (author,)).fetchall():
+            try:
+                entry = verify_entry(header, signature, None)
+                if entry.author != author or entry.seq != seq:
+                    raise InvalidEntry("header does not match the row it is stored in")
+                if entry.hash != stored_hash:
+                    raise InvalidEntry("stored hash does not match the header")
+                check_link(entry, previous)
+                if payload is not None:
+                    if len(payload) != entry.header.payload_size or sha256(payload) != entry.header.payload_hash:
+                        raise InvalidEntry("payload does not match the header's payload hash and size")
+                    decode_payload(payload)
+            except ProtocolError as exc:
+                yield Problem(author, seq, exc.message)
+                try:
+                    header_fields = decode_header(header)
+                    previous = FeedHead(author, header_fields.seq, entry_hash(header))
+                except ProtocolError:
+                    previous = FeedHead(author, seq, stored_hash)
+                continue
+            previous = FeedHead(author, entry.seq, entry.hash)
+
+
+class _Blocked(ProtocolError):
+    prefix = "blocked"
+
+
+_ENTRY_COLUMNS = "id, header, signature, payload, hash, retracted"
+
+
+def _stored(row: tuple[Any, ...]) -> StoredEntry:
+    row_id, header, signature, payload, hash_, retracted = row
+    # already verified on the way in; decode the header again only to carry its fields
+    entry = Entry(header, signature, payload, decode_header(header), hash_)
+    return StoredEntry(row_id, entry, bool(retracted))
+
+
+def _short(author: bytes) -> str:
+    return feed_id(author)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception: every write takes the lock up front."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

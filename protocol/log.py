@@ -1,0 +1,318 @@
+# The log entry format: a signed header that commits to a separate payload by hash and size
+# (spec/log.md). Encoding is canonical msgpack; the signature and the entry hash cover the exact header
+# bytes, which are stored and forwarded as received and never re-serialised. Pure: no I/O, no clock.
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import msgpack
+import nacl.exceptions
+import nacl.signing
+
+from .errors import InvalidEntry, TooLarge
+
+FORMAT_VERSION = 1
+MAX_HEADER_SIZE = 128
+MAX_PAYLOAD_SIZE = 65_536
+MAX_SEQ = 2**53 - 1
+MAX_TIMESTAMP = 2**53 - 1
+MAX_NAME_CHARS = 64
+MAX_ABOUT_CHARS = 2_000
+MAX_TYPE_CHARS = 32
+HASH_SIZE = 32
+KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+
+# payload type -> (required fields, optional fields), each field -> its kind
+_STR, _REF = "str", "ref"
+PAYLOAD_SCHEMAS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "post": ({"text": _STR}, {"reply_to": _REF}),
+    "follow": ({"feed": _REF}, {}),
+    "unfollow": ({"feed": _REF}, {}),
+    "block": ({"feed": _REF}, {}),
+    "unblock": ({"feed": _REF}, {}),
+    "profile": ({"name": _STR}, {"about": _STR}),
+    "retract": ({"entry": _REF}, {}),
+}
+CONTACT_TYPES = frozenset({"follow", "unfollow", "block", "unblock"})
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True,
+                               object_pairs_hook=_pairs)
+    except Exception as exc:  # msgpack raises many types (ExtraData, FormatError, ValueError, ...)
+        raise InvalidEntry(f"{what} is not valid msgpack ({type(exc).__name__})") from None
+
+
+class _Pairs(list):
+    """A decoded msgpack map kept as its key/value pairs, so duplicates and key order can be checked."""
+
+
+def _pairs(pairs: list[tuple[Any, Any]]) -> _Pairs:
+    return _Pairs(pairs)
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+# ---------------------------------------------------------------- header
+
+
+class Header(NamedTuple):
+    version: int
+    author: bytes
+    seq: int
+    prev: bytes | None
+    timestamp: int
+    payload_hash: bytes
+    payload_size: int
+
+    def encode(self) -> bytes:
+        return _pack(list(self))
+
+
+def _is_uint(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _is_bin(value: Any, size: int) -> bool:
+    return type(value) is bytes and len(value) == size
+
+
+def decode_header(data: bytes) -> Header:
+    """Strictly decode header bytes; raises InvalidEntry unless they are a canonical header."""
+    if type(data) is not bytes:
+        raise InvalidEntry("header must be bytes")
+    if len(data) > MAX_HEADER_SIZE:
+        raise TooLarge(f"header is {len(data)} bytes, the limit is {MAX_HEADER_SIZE}")
+    fields = _unpack(data, "header")
+    if type(fields) is not list or len(fields) != 7:
+        raise InvalidEntry("header must be an array of 7 fields")
+    version, author, seq, prev, timestamp, payload_hash, payload_size = fields
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise InvalidEntry(f"unsupported format version {version!r}")
+    if not _is_bin(author, KEY_SIZE):
+        raise InvalidEntry("author must be 32 bytes")
+    if not _is_uint(seq, 1, MAX_SEQ):
+        raise InvalidEntry("seq must be an integer from 1")
+    if seq == 1:
+        if prev is not None:
+            raise InvalidEntry("the first entry (seq 1) must have prev nil")
+    elif not _is_bin(prev, HASH_SIZE):
+        raise InvalidEntry("prev must be a 32-byte hash for seq > 1")
+    if not _is_uint(timestamp, 0, MAX_TIMESTAMP):
+        raise InvalidEntry("timestamp must be a non-negative integer (ms)")
+    if not _is_bin(payload_hash, HASH_SIZE):
+        raise InvalidEntry("payload hash must be 32 bytes")
+    if not _is_uint(payload_size, 1, MAX_PAYLOAD_SIZE):
+        if type(payload_size) is int and payload_size > MAX_PAYLOAD_SIZE:
+            raise TooLarge(f"payload size {payload_size} is over the limit of {MAX_PAYLOAD_SIZE}")
+        raise InvalidEntry("payload size must be an integer from 1")
+    header = Header(version, author, seq, prev, timestamp, payload_hash, payload_size)
+    if header.encode() != data:
+        raise InvalidEntry("header is not canonically encoded")
+    return header
+
+
+# ---------------------------------------------------------------- payload
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """Canonical bytes of a payload (keys sorted); raises InvalidEntry if it does not validate."""
+    data = _pack(dict(sorted(payload.items())))
+    decode_payload(data)
+    return data
+
+
+def decode_payload(data: bytes) -> dict[str, Any]:
+    """Strictly decode and validate payload bytes; raises InvalidEntry."""
+    if type(data) is not bytes:
+        raise InvalidEntry("payload must be bytes")
+    if len(data) > MAX_PAYLOAD_SIZE:
+        raise TooLarge(f"payload is {len(data)} bytes, the limit is {MAX_PAYLOAD_SIZE}")
+    pairs = _unpack(data, "payload")
+    if type(pairs) is not _Pairs:
+        raise InvalidEntry("payload must be a map")
+    keys = [key for key, _ in pairs]
+    if any(type(key) is not str for key in keys):
+        raise InvalidEntry("payload keys must be strings")
+    if keys != sorted(set(keys)):
+        raise InvalidEntry("payload keys must be unique and sorted")
+    payload = dict(pairs)
+    if _pack(_plain(payload)) != data:
+        raise InvalidEntry("payload is not canonically encoded")
+    kind = payload.get("type")
+    if type(kind) is not str or not _is_type_name(kind):
+        raise InvalidEntry("payload type must be 1-32 characters of a-z, 0-9 and '-'")
+    schema = PAYLOAD_SCHEMAS.get(kind)
+    if schema is None:
+        return payload  # unknown types are kept and forwarded, and shown by no client (spec/log.md)
+    required, optional = schema
+    for name in required:
+        if name not in payload:
+            raise InvalidEntry(f"{kind} payload is missing {name!r}")
+    for name, value in payload.items():
+        if name == "type":
+            continue
+        field_kind = required.get(name) or optional.get(name)
+        if field_kind is None:
+            raise InvalidEntry(f"{kind} payload has an unknown field {name!r}")
+        if field_kind == _REF and not _is_bin(value, HASH_SIZE):
+            raise InvalidEntry(f"{kind}.{name} must be 32 bytes")
+        if field_kind == _STR and type(value) is not str:
+            raise InvalidEntry(f"{kind}.{name} must be a string")
+    _check_text_limits(kind, payload)
+    return payload
+
+
+def _plain(value: Any) -> Any:
+    if type(value) is _Pairs:
+        return {k: _plain(v) for k, v in value}
+    if type(value) is list:
+        return [_plain(v) for v in value]
+    return value
+
+
+def _is_type_name(kind: str) -> bool:
+    return 0 < len(kind) <= MAX_TYPE_CHARS and all(c in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in kind)
+
+
+def _check_text_limits(kind: str, payload: dict[str, Any]) -> None:
+    if kind == "post" and not payload["text"].strip():
+        raise InvalidEntry("post text must not be empty")
+    if kind == "profile":
+        name = payload["name"]
+        if not name.strip() or len(name) > MAX_NAME_CHARS:
+            raise InvalidEntry(f"profile name must be 1-{MAX_NAME_CHARS} characters")
+        if len(payload.get("about", "")) > MAX_ABOUT_CHARS:
+            raise InvalidEntry(f"profile about must be at most {MAX_ABOUT_CHARS} characters")
+
+
+# ---------------------------------------------------------------- entries
+
+
+class FeedHead(NamedTuple):
+    """The latest entry of a feed as a store knows it: what the next entry must follow."""
+
+    author: bytes
+    seq: int
+    hash: bytes
+
+
+class HasHead(Protocol):
+    @property
+    def author(self) -> bytes: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def hash(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A verified entry: the exact header bytes, their signature, and the payload if it is held."""
+
+    header_bytes: bytes
+    signature: bytes
+    payload: bytes | None
+    header: Header
+    hash: bytes
+
+    @property
+    def author(self) -> bytes:
+        return self.header.author
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+    def content(self) -> dict[str, Any] | None:
+        """The decoded payload, or None when it is not held (retracted, withheld or purged)."""
+        return None if self.payload is None else decode_payload(self.payload)
+
+    def without_payload(self) -> Entry:
+        return Entry(self.header_bytes, self.signature, None, self.header, self.hash)
+
+    def to_wire(self) -> list[Any]:
+        """The entry as it crosses the wire and sits in vectors: [header, signature, payload or nil]."""
+        return [self.header_bytes, self.signature, self.payload]
+
+
+def entry_hash(header_bytes: bytes) -> bytes:
+    """The entry hash: SHA-256 of the exact signed header bytes."""
+    return sha256(header_bytes)
+
+
+def verify_entry(header_bytes: bytes, signature: bytes, payload: bytes | None) -> Entry:
+    """Check everything an entry carries by itself: header, signature, payload. Raises InvalidEntry."""
+    header = decode_header(header_bytes)
+    if not _is_bin(signature, SIGNATURE_SIZE):
+        raise InvalidEntry("signature must be 64 bytes")
+    try:
+        nacl.signing.VerifyKey(header.author).verify(header_bytes, signature)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise InvalidEntry("bad signature") from None
+    if payload is not None:
+        if type(payload) is not bytes:
+            raise InvalidEntry("payload must be bytes or nil")
+        if len(payload) != header.payload_size:
+            raise InvalidEntry(f"payload is {len(payload)} bytes, the header says {header.payload_size}")
+        if sha256(payload) != header.payload_hash:
+            raise InvalidEntry("payload does not match the header's payload hash")
+        decode_payload(payload)
+    return Entry(header_bytes, signature, payload, header, entry_hash(header_bytes))
+
+
+def check_link(entry: Entry, previous: HasHead | None) -> None:
+    """Check that a verified entry directly follows `previous` in its feed (None: the feed is empty)."""
+    if previous is None:
+        if entry.seq != 1:
+            raise InvalidEntry(f"seq gap: the feed is empty, so the next entry is seq 1, not {entry.seq}")
+        return
+    if previous.author != entry.author:
+        raise InvalidEntry("entry is from another feed than the previous entry")
+    if entry.seq != previous.seq + 1:
+        raise InvalidEntry(f"seq gap: expected seq {previous.seq + 1}, got {entry.seq}")
+    if entry.header.prev != previous.hash:
+        raise InvalidEntry(f"wrong prev hash at seq {entry.seq}")
+
+
+def validate_entry(header_bytes: bytes, signature: bytes, payload: bytes | None,
+                   previous: HasHead | None) -> Entry:
+    """The one validation function: the entry by itself, then its link to the previous entry of its feed."""
+    entry = verify_entry(header_bytes, signature, payload)
+    check_link(entry, previous)
+    return entry
+
+
+def entry_from_wire(item: Any) -> Entry:
+    """Verify an entry given as [header, signature, payload or nil] (no chain check)."""
+    if type(item) is not list or len(item) != 3:
+        raise InvalidEntry("an entry is an array of [header, signature, payload or nil]")
+    header_bytes, signature, payload = item
+    if type(header_bytes) is not bytes:
+        raise InvalidEntry("header must be bytes")
+    return verify_entry(header_bytes, signature, payload)
+
+
+def create_entry(signing_key: nacl.signing.SigningKey, previous: HasHead | None,
+                 payload: dict[str, Any], timestamp: int) -> Entry:
+    """Sign a new entry that follows `previous` (None for a new feed)."""
+    payload_bytes = encode_payload(payload)
+    author = bytes(signing_key.verify_key)
+    if previous is not None and previous.author != author:
+        raise ValueError("previous entry belongs to another feed")
+    header = Header(FORMAT_VERSION, author, 1 if previous is None else previous.seq + 1,
+                    None if previous is None else previous.hash, timestamp,
+                    sha256(payload_bytes), len(payload_bytes))
+    header_bytes = header.encode()
+    signature = signing_key.sign(header_bytes).signature
+    return Entry(header_bytes, signature, payload_bytes, header, entry_hash(header_bytes))
