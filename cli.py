@@ -13,6 +13,8 @@ import click
 
 from p2pnode.home import HomeError, default_home
 from p2pnode.local import Local, UserError, check_text, describe, init_home, open_home, runtime_info, view
+from p2pnode.node import DEFAULT_PORT, NodeConfig
+from p2pnode.runner import ConfigError, collect_seeds, parse_listen, run_node, setup_logging
 from p2pnode.store import StoredEntry, StoreError
 from protocol.errors import InvalidId, ProtocolError
 from protocol.ids import entry_ref, feed_id, parse_entry_ref, parse_feed_id
@@ -260,6 +262,68 @@ def status(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"forked: {', '.join(value) if value else 'none'}")
         else:
             click.echo(f"{key}: {value}")
+
+
+@main.command()
+@click.option("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", show_default=True, metavar="HOST:PORT",
+              help="Where to accept peers; port 0 picks a free one.")
+@click.option("--advertise", default=None, metavar="HOST", help="The host others dial (default: the listen host).")
+@click.option("--seed", "seed_options", multiple=True, metavar="ADDRESS", help="A peer to start from (repeatable).")
+@click.option("--seeds", "seeds_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A file of seed addresses, one per line (default: <home>/seeds).")
+@click.option("--hops", type=click.IntRange(0, 6), default=2, show_default=True,
+              help="Also replicate feeds followed by followed feeds, up to this many hops.")
+@click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.pass_context
+def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tuple[str, ...],
+        seeds_file: Path | None, hops: int, relay: bool, log_level: str) -> None:
+    """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS'."""
+    home = ctx.obj["home"]
+    setup_logging(log_level)
+    with user_errors():
+        try:
+            host, port = parse_listen(listen)
+            seeds = collect_seeds(home, list(seed_options), seeds_file, lambda line: click.echo(line, err=True))
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+        if runtime_info(home):
+            raise UserError(f"a node is already running on {home}")
+        config = NodeConfig(listen_host=host, listen_port=port, advertise_host=advertise, hops=hops, relay=relay)
+        run_node(home, config, seeds)
+
+
+@main.command()
+@JSON_OPTION
+@click.pass_context
+def peers(ctx: click.Context, as_json: bool) -> None:
+    """List known peers (the peer book) and, while the node runs, the connected ones."""
+    with local(ctx) as node:
+        book = node.store.peer_book()
+        running = runtime_info(node.home) or {}
+    connected = {p["id"]: p for p in running.get("peers", [])}
+    known = set()
+    for row in book:
+        ident = feed_id(row["key"])
+        known.add(ident)
+        item = {"address": row["address"], "id": ident, "source": row["source"], "failures": row["failures"],
+                "last_seen": row["last_seen"], "connected": ident in connected}
+        if ident in connected:
+            item["in_sync"] = connected[ident].get("in_sync")
+        if as_json:
+            emit(item)
+        else:
+            click.echo(f"{item['address']}  {'connected' if item['connected'] else 'known'}  source {item['source']}"
+                       f"  failures {item['failures']}")
+    for ident, peer in connected.items():
+        if ident not in known:
+            item = {"address": peer.get("address"), "id": ident, "source": "inbound", "connected": True,
+                    "in_sync": peer.get("in_sync")}
+            if as_json:
+                emit(item)
+            else:
+                click.echo(f"{item['address'] or ident}  connected  inbound")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,9 +93,11 @@ def open_home(home: Path) -> Iterator[Local]:
 def runtime_info(home: Path) -> dict[str, Any] | None:
     """What a running node wrote about itself (its address), or None when no node runs here."""
     try:
-        return json.loads((home / RUNTIME_FILE).read_text())
-    except (OSError, ValueError):
+        info = json.loads((home / RUNTIME_FILE).read_text())
+        os.kill(int(info["pid"]), 0)  # a node that died without cleaning up is not running
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    return info if isinstance(info, dict) else None
 
 
 def check_text(text: str) -> str:

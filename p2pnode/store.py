@@ -76,6 +76,18 @@ MIGRATIONS: list[tuple[int, str]] = [
             seq    INTEGER NOT NULL
         ) WITHOUT ROWID;
     """),
+    (2, """
+        CREATE TABLE peers (
+            address      TEXT PRIMARY KEY,
+            key          BLOB NOT NULL,
+            source       TEXT NOT NULL,
+            added_at     INTEGER NOT NULL,
+            last_seen    INTEGER,
+            last_attempt INTEGER,
+            next_attempt INTEGER NOT NULL DEFAULT 0,
+            failures     INTEGER NOT NULL DEFAULT 0
+        );
+    """),
 ]
 
 BUSY_TIMEOUT_S = 30.0
@@ -374,7 +386,7 @@ class Store:
         blocked = self.blocked()
         wanted = {self.owner}
         frontier = {self.owner}
-        for _ in range(max(hops, 1)):
+        for _ in range(hops):
             next_frontier: set[bytes] = set()
             for author in frontier:
                 next_frontier |= self.follows(author) - wanted - blocked
@@ -396,6 +408,63 @@ class Store:
         feeds, entries = self.db.execute("SELECT (SELECT count(*) FROM feeds), "
                                          "(SELECT count(*) FROM entries)").fetchone()
         return {"feeds": feeds, "entries": entries}
+
+    # ------------------------------------------------------------ peer book
+
+    def add_peer(self, address: str, key: bytes, source: str) -> bool:
+        """Remember an address (seed, peer exchange, hello); True when it was new. Seeds stay seeds."""
+        with self._write():
+            cursor = self.db.execute(
+                "INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(address) DO UPDATE SET source = 'seed' WHERE excluded.source = 'seed'",
+                (address, key, source, _now_ms()))
+            return cursor.rowcount > 0
+
+    def peer_connected(self, address: str) -> None:
+        with self._write():
+            now = _now_ms()
+            self.db.execute("UPDATE peers SET last_seen = ?, last_attempt = ?, failures = 0 WHERE address = ?",
+                            (now, now, address))
+
+    def peer_attempted(self, address: str, next_attempt_ms: int, failed: bool) -> None:
+        with self._write():
+            self.db.execute("UPDATE peers SET last_attempt = ?, next_attempt = ?, failures = failures + ? "
+                            "WHERE address = ?", (_now_ms(), next_attempt_ms, 1 if failed else 0, address))
+
+    def peer_failures(self, address: str) -> int:
+        row = self.db.execute("SELECT failures FROM peers WHERE address = ?", (address,)).fetchone()
+        return row[0] if row else 0
+
+    def dial_candidates(self, limit: int) -> list[tuple[str, bytes]]:
+        """Known addresses in the order to try them: least-failed first, then seeds, then recently seen."""
+        return list(self.db.execute(
+            "SELECT address, key FROM peers "
+            "ORDER BY failures, (source = 'seed') DESC, coalesce(last_seen, 0) DESC LIMIT ?", (limit,)))
+
+    def working_peers(self, limit: int) -> list[str]:
+        """Addresses this node has connected to itself, most recent first: the only ones it shares."""
+        return [r[0] for r in self.db.execute(
+            "SELECT address FROM peers WHERE last_seen IS NOT NULL ORDER BY last_seen DESC LIMIT ?", (limit,))]
+
+    def peer_book(self) -> list[dict[str, Any]]:
+        columns = ("address", "key", "source", "added_at", "last_seen", "last_attempt", "next_attempt", "failures")
+        return [dict(zip(columns, row, strict=True)) for row in self.db.execute(
+            f"SELECT {', '.join(columns)} FROM peers ORDER BY coalesce(last_seen, 0) DESC, address")]
+
+    def forget_peers(self, max_failures: int, keep: int) -> int:
+        """Forget learned addresses that failed too often, and the oldest beyond `keep`; seeds stay."""
+        with self._write():
+            gone = self.db.execute("DELETE FROM peers WHERE source != 'seed' AND failures >= ?",
+                                   (max_failures,)).rowcount
+            gone += self.db.execute(
+                "DELETE FROM peers WHERE source != 'seed' AND address NOT IN (SELECT address FROM peers "
+                "ORDER BY (source = 'seed') DESC, coalesce(last_seen, 0) DESC, added_at DESC LIMIT ?)",
+                (keep,)).rowcount
+        return gone
+
+    def authors_since(self, row_id: int) -> set[bytes]:
+        """Feeds that gained entries after row id `row_id`."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT author FROM entries WHERE id > ?", (row_id,))}
 
     # ------------------------------------------------------------ check
 

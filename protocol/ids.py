@@ -3,6 +3,7 @@
 # character is reported as an error and never decodes to another key (spec/log.md, "Text forms").
 import base64
 import hashlib
+from typing import NamedTuple
 
 from .errors import InvalidId
 
@@ -63,3 +64,30 @@ def entry_ref(entry_hash: bytes) -> str:
 def parse_entry_ref(text: str) -> bytes:
     """The 32-byte hash of an entry reference; raises InvalidId."""
     return _decode(ENTRY_SIGIL, "entry hash", text)
+
+
+class Address(NamedTuple):
+    """Where a node can be dialled, and the key it must prove: `HOST:PORT/@FEEDID` as one shell-safe token."""
+
+    host: str
+    port: int
+    key: bytes
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/{feed_id(self.key)}"
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:_")
+
+
+def parse_address(text: str) -> Address:
+    """Parse `HOST:PORT/@FEEDID` (IPv6 hosts without brackets: the port is after the last colon)."""
+    if not isinstance(text, str) or "/" not in text:
+        raise InvalidId(f"not an address: {text!r} (expected HOST:PORT/@FEEDID)")
+    where, _, key_text = text.strip().rpartition("/")
+    host, _, port_text = where.rpartition(":")
+    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise InvalidId(f"not an address: {text!r} needs HOST:PORT with a port from 1 to 65535")
+    if not set(host) <= _HOST_CHARS or len(host) > 253:
+        raise InvalidId(f"not an address: bad host {host!r}")
+    return Address(host, int(port_text), parse_feed_id(key_text))

@@ -1,0 +1,54 @@
+# An in-process network of memory streams (trio.testing) with the same interface as TcpNetwork, so that
+# many nodes run in one process under a virtual clock: for simulations and many-node tests.
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+import trio.testing
+
+Handler = Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+class MemoryNetwork:
+    """A switchboard: each host gets a MemoryInterface; dialling a (host, port) starts that listener's handler."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[tuple[str, int], tuple[Handler, trio.Nursery]] = {}
+        self._ports = itertools.count(10_000)
+        self.down: set[str] = set()  # hosts that are unreachable (simulated partition or churn)
+
+    def interface(self, host: str) -> MemoryInterface:
+        return MemoryInterface(self, host)
+
+
+class MemoryInterface:
+    def __init__(self, network: MemoryNetwork, host: str) -> None:
+        self.network = network
+        self.host = host
+
+    async def serve(self, host: str, port: int, handler: Handler, *,
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        port = port or next(self.network._ports)
+        key = (self.host, port)
+        if key in self.network.listeners:
+            raise OSError(errno.EADDRINUSE, f"{self.host}:{port} is in use")
+        async with trio.open_nursery() as nursery:
+            self.network.listeners[key] = (handler, nursery)
+            try:
+                task_status.started(key)
+                await trio.sleep_forever()
+            finally:
+                del self.network.listeners[key]
+
+    async def dial(self, host: str, port: int) -> trio.abc.Stream:
+        entry = self.network.listeners.get((host, port))
+        if entry is None or host in self.network.down or self.host in self.network.down:
+            raise OSError(errno.ECONNREFUSED, f"connection to {host}:{port} refused")
+        handler, nursery = entry
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(handler, theirs)
+        return ours

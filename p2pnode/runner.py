@@ -1,0 +1,112 @@
+# `p2pnode run`: reads the seeds, opens the home's store, runs the Node until SIGINT or SIGTERM, prints the
+# `listening ADDRESS` line, keeps node.json (what `status`, `peers` and `whoami` show) up to date, and
+# shuts down cleanly: goodbye to every peer, store closed, node.json removed, exit 0.
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from protocol.errors import ProtocolError
+from protocol.ids import Address, parse_address
+
+from .home import RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
+from .node import Node, NodeConfig
+from .store import Store
+
+log = logging.getLogger("p2pnode.run")
+STATUS_INTERVAL = 0.5
+
+
+class ConfigError(Exception):
+    """A bad option or seed, worded for the user."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--listen must be HOST:PORT with a port from 0 to 65535, not {text!r}")
+    return host, int(port)
+
+
+def read_seeds_file(path: Path, warn: Callable[[str], None]) -> list[Address]:
+    """One address per line; '#' starts a comment; a malformed line is reported with its number and skipped."""
+    seeds = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            seeds.append(parse_address(text))
+        except ProtocolError as exc:
+            warn(f"{path}:{number}: skipped: {exc.message}")
+    return seeds
+
+
+def collect_seeds(home: Path, options: list[str], seeds_file: Path | None,
+                  warn: Callable[[str], None]) -> list[Address]:
+    seeds = []
+    for text in options:
+        try:
+            seeds.append(parse_address(text))
+        except ProtocolError as exc:
+            raise ConfigError(f"--seed {text!r}: {exc.message}") from None
+    path = seeds_file if seeds_file is not None else home / SEEDS_FILE
+    if seeds_file is not None and not path.is_file():
+        raise ConfigError(f"seeds file {path} does not exist")
+    if path.is_file():
+        seeds.extend(read_seeds_file(path, warn))
+    return seeds
+
+
+def run_node(home: Path, config: NodeConfig, seeds: list[Address]) -> None:
+    """Run a node in the foreground until SIGINT or SIGTERM. Raises HomeError/StoreError before it starts."""
+    key = load_identity(home)
+    store = Store(home / STORE_FILE, bytes(key.verify_key))
+    try:
+        trio.run(_main, home, key, store, config, seeds)
+    finally:
+        store.close()
+        try:
+            (home / RUNTIME_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+
+async def _main(home: Path, key, store: Store, config: NodeConfig, seeds: list[Address]) -> None:  # noqa: ANN001
+    node = Node(key, store, config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(node.run, seeds)
+            sys.stdout.write(f"listening {address}\n")
+            sys.stdout.flush()
+            log.info("node %s listening on %s:%s", address, config.listen_host, address.port)
+            nursery.start_soon(_write_status, home, node)
+            async for signum in signals:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                break
+            await node.stop()
+            nursery.cancel_scope.cancel()
+
+
+async def _write_status(home: Path, node: Node) -> None:
+    path = home / RUNTIME_FILE
+    tmp = home / (RUNTIME_FILE + ".tmp")
+    while True:
+        data = {"pid": os.getpid(), **node.status()}
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+        with trio.move_on_after(STATUS_INTERVAL):
+            await node.changed.wait()
+        await trio.sleep(0.05)  # coalesce bursts of changes
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
