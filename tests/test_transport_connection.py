@@ -6,6 +6,8 @@ import hashlib
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from p2pnode import connection as tc
@@ -343,3 +345,25 @@ async def test_tcp_wrong_network_key_refused() -> None:
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     assert failures[0].reason.startswith("invalid:")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=300))
+async def test_fuzz_garbage_handshake_only_raises_handshake_failed(data: bytes) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    await a.send_all(data)
+    await a.aclose()
+    with trio.fail_after(5), pytest.raises(tc.HandshakeFailed, match="^(invalid|closed):"):
+        await tc.server_handshake(b, SERVER)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=1, max_size=300))
+async def test_fuzz_garbage_after_handshake_only_raises_transport_errors(data: bytes) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    _client, server = await _connect(a, b)
+    await a.send_all(data)
+    await a.aclose()
+    with trio.fail_after(5), pytest.raises(tc.TransportError) as info:
+        await server.receive()
+    assert not isinstance(info.value, tc.IdleTimeout)
