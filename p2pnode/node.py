@@ -16,7 +16,7 @@ from protocol import wire
 from protocol.errors import ProtocolError
 from protocol.handshake import DEFAULT_NETWORK_KEY
 from protocol.ids import Address, feed_id, parse_address
-from protocol.log import CONTACT_TYPES, Entry
+from protocol.log import CONTACT_TYPES, Entry, verify_entries
 
 from .connection import Connection, TransportError, client_handshake, server_handshake
 from .store import IngestResult, Store
@@ -42,7 +42,7 @@ class NodeConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 120.0
     ping_interval: float = 30.0
-    poll_interval: float = 0.05
+    poll_interval: float = 0.01
     dial_interval: float = 0.5
     peer_exchange_interval: float = 60.0
     backoff_base: float = 1.0
@@ -50,6 +50,9 @@ class NodeConfig:
     batch_entries: int = wire.MAX_ENTRIES_PER_MESSAGE
     max_failures: int = 10
     peer_book_size: int = 1_000
+    # verify signatures in a worker thread, overlapping with receiving and storing (libsodium releases the
+    # GIL); simulations under a virtual clock turn it off (a thread hop looks idle to the autojump clock)
+    verify_in_thread: bool = True
 
 
 class Network(Protocol):
@@ -102,6 +105,12 @@ class Session:
     received_entries: int = 0
     sent_entries: int = 0
 
+    def __post_init__(self) -> None:
+        # received batches flow: receive loop -> verifier -> ingester, two batches in flight at each step
+        self.to_verify, self.from_receiver = trio.open_memory_channel[wire.Entries](2)
+        self.to_ingest, self.from_verifier = trio.open_memory_channel[
+            tuple[list[Entry], ProtocolError | None]](2)
+
     @property
     def key(self) -> bytes:
         return self.conn.remote_key
@@ -143,6 +152,8 @@ class Session:
                 if self.closing is not None:
                     scope.cancel()
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._guard, self._verifier)
+                    nursery.start_soon(self._guard, self._ingester)
                     nursery.start_soon(self._guard, self._sender)
                     nursery.start_soon(self._guard, self._pinger)
                     nursery.start_soon(self._guard, self._converse)
@@ -172,6 +183,21 @@ class Session:
         await self.send(node.want_message())
         await self._send_peers()
         await self._receive_loop()
+
+    async def _verifier(self) -> None:
+        """Pipeline stage 1: drop unwanted entries, verify the rest (in a thread when so configured)."""
+        async for message in self.from_receiver:
+            keep = self.node.select_wanted(message)
+            if self.node.config.verify_in_thread:
+                verified = await trio.to_thread.run_sync(verify_entries, keep)
+            else:
+                verified = verify_entries(keep)
+            await self.to_ingest.send(verified)
+
+    async def _ingester(self) -> None:
+        """Pipeline stage 2: store verified entries in order; the first invalid one ends the session."""
+        async for entries, error in self.from_verifier:
+            await self.node.store_entries(self, entries, error)
 
     async def _pinger(self) -> None:
         nonce = 0
@@ -235,7 +261,7 @@ class Session:
         elif isinstance(message, wire.Have):
             self.their_have.update(message.feeds)
         elif isinstance(message, wire.Entries):
-            await node.receive_entries(self, message)
+            await self.to_verify.send(message)
         elif isinstance(message, wire.Peers):
             for text in message.addresses:
                 node.learn_address_text(text, "peer")
@@ -261,23 +287,23 @@ class Session:
         node = self.node
         while True:
             since = self.their_want.get(author, 0)
-            rows = node.store.entries_after(author, since, node.config.batch_entries)
+            rows = node.store.raw_entries_after(author, since, node.config.batch_entries)
             if not rows:
                 return
-            batch: list[Entry] = []
+            batch: list[tuple[bytes, bytes, bytes | None]] = []
             size = 0
-            for row in rows:
-                entry = row.entry
-                entry_size = len(entry.header_bytes) + 64 + len(entry.payload or b"") + 16
+            for _, header, signature, payload in rows:
+                entry_size = len(header) + len(signature) + len(payload or b"") + 16
                 if batch and size + entry_size > MAX_BATCH_BYTES:
                     break
-                batch.append(entry)
+                batch.append((header, signature, payload))
                 size += entry_size
-            await self.send(wire.entries_message(batch))
+            await self.send(wire.Entries(tuple(batch)))
             self.sent_entries += len(batch)
+            last_seq = rows[len(batch) - 1][0]
             # the peer holds these now; a want/drop from it may have changed the map meanwhile
             if author in self.their_want or self.their_all:
-                self.their_want[author] = max(self.their_want.get(author, 0), batch[-1].seq)
+                self.their_want[author] = max(self.their_want.get(author, 0), last_seq)
 
 
 class Node:
@@ -412,20 +438,23 @@ class Node:
 
     # ------------------------------------------------------------ receiving
 
-    async def receive_entries(self, session: Session, message: wire.Entries) -> None:
-        """Verify and store a batch from a peer. Entries of feeds we do not want are dropped unread;
-        an invalid entry ends the session with its reason (the valid ones before it are kept)."""
+    def select_wanted(self, message: wire.Entries) -> list[tuple[bytes, bytes, bytes | None]]:
+        """The entries of a batch whose feeds this node wants; the others are dropped unread."""
         keep = []
-        unwanted: set[bytes] = set()
         for item in message.raw:
             author = _author_of(item[0])
             if author is None or author in self.wanted or (self.config.relay and author not in self.blocked):
                 keep.append(item)
-            else:
-                unwanted.add(author)
-        if unwanted & self.blocked:
-            await session.send(wire.Want({}, tuple(unwanted & self.blocked), self.config.relay))
-        result: IngestResult = self.store.ingest(keep)
+        return keep
+
+    async def store_entries(self, session: Session, entries: list[Entry], error: ProtocolError | None) -> None:
+        """Store a verified batch from a peer and push it on. `error`: the batch's first invalid entry,
+        which ends the session with its reason (the verified entries before it are kept)."""
+        blocked = {e.author for e in entries} & self.blocked
+        if blocked:
+            entries = [e for e in entries if e.author not in blocked]
+            await session.send(wire.Want({}, tuple(blocked), self.config.relay))
+        result: IngestResult = self.store.ingest_verified(entries)
         session.received_entries += len(result.stored)
         for entry in result.stored:
             if entry.author in session.their_want or session.their_all:
@@ -434,9 +463,10 @@ class Node:
         self._entries_stored(result.stored, session)
         if any(_is_contact(e) for e in result.stored) or result.purged_feeds:
             self._graph_changed()
-        if result.error is not None:
-            log.warning("peer %s sent an invalid entry: %s", feed_id(session.key)[:12], result.error.reason)
-            raise result.error
+        error = result.error or error
+        if error is not None:
+            log.warning("peer %s sent an invalid entry: %s", feed_id(session.key)[:12], error.reason)
+            raise PeerGone(error.reason)
 
     def _entries_stored(self, entries: list[Entry], source: Session | None) -> None:
         if not entries:

@@ -106,6 +106,7 @@ class IngestResult:
     error: ProtocolError | None = None
     purged_feeds: list[bytes] = field(default_factory=list)
     retracted: list[bytes] = field(default_factory=list)
+    forked: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -197,13 +198,22 @@ class Store:
             self._ingest_locked(items, result)
         return result
 
-    def _ingest_locked(self, items: Iterable[tuple[bytes, bytes, bytes | None]], result: IngestResult) -> None:
+    def ingest_verified(self, entries: Iterable[Entry]) -> IngestResult:
+        """ingest() for entries already checked by verify_entry (steps 1-4 of spec/log.md, e.g. in a worker
+        thread); the store still checks each one's link to the feed head, forks and blocks."""
+        result = IngestResult()
+        with self._write():
+            self._ingest_locked(entries, result)
+        return result
+
+    def _ingest_locked(self, items: Iterable[tuple[bytes, bytes, bytes | None] | Entry],
+                       result: IngestResult) -> None:
         heads: dict[bytes, FeedHead | None] = {}
         forked: dict[bytes, bool] = {}
         blocked = self.blocked()
-        for header_bytes, signature, payload in items:
+        for item in items:
             try:
-                entry = verify_entry(header_bytes, signature, payload)
+                entry = item if isinstance(item, Entry) else verify_entry(*item)
                 author = entry.author
                 if author in blocked:
                     raise _Blocked(f"feed {_short(author)} is blocked")
@@ -231,6 +241,8 @@ class Store:
                 self.db.execute("INSERT INTO feeds(author, head_seq, head_hash) VALUES (?, ?, ?) "
                                 "ON CONFLICT(author) DO UPDATE SET head_seq = excluded.head_seq, "
                                 "head_hash = excluded.head_hash", (author, head.seq, head.hash))
+        for author in result.forked:
+            self.db.execute("UPDATE feeds SET forked = 1 WHERE author = ?", (author,))
 
     def _known_seq(self, entry: Entry, result: IngestResult) -> None:
         row = self.db.execute("SELECT id, hash, payload, retracted, header, signature FROM entries "
@@ -246,7 +258,7 @@ class Store:
         self.db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (entry.author, entry.seq, header_a, signature_a, entry.header_bytes,
                          entry.signature, _now_ms()))
-        self.db.execute("UPDATE feeds SET forked = 1 WHERE author = ?", (entry.author,))
+        result.forked.append(entry.author)
         raise ForkDetected(f"feed {_short(entry.author)} signed two different entries at seq {entry.seq}")
 
     def _insert(self, entry: Entry, result: IngestResult) -> None:
@@ -340,6 +352,12 @@ class Store:
 
     def _rows(self, sql: str, params: Sequence[Any]) -> list[StoredEntry]:
         return [_stored(row) for row in self.db.execute(sql, params)]
+
+    def raw_entries_after(self, author: bytes, seq: int, limit: int) -> list[tuple[int, bytes, bytes, bytes | None]]:
+        """(seq, header, signature, payload) of one feed's entries with seq > `seq`, in order: what a node
+        sends, with no decoding."""
+        return self.db.execute("SELECT seq, header, signature, payload FROM entries WHERE author = ? AND seq > ? "
+                               "ORDER BY seq LIMIT ?", (author, seq, limit)).fetchall()
 
     def entries_after(self, author: bytes, seq: int, limit: int) -> list[StoredEntry]:
         """Entries of one feed with seq > `seq`, in order."""

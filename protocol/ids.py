@@ -17,6 +17,10 @@ def _checksum(kind: str, raw: bytes) -> bytes:
     return hashlib.blake2b(kind.encode() + raw, digest_size=_CHECKSUM_SIZE).digest()
 
 
+def _article(kind: str) -> str:
+    return "an" if kind[0] in "aeiou" else "a"
+
+
 def _encode(sigil: str, kind: str, raw: bytes) -> str:
     if len(raw) != 32:
         raise ValueError(f"{kind} must be 32 bytes, got {len(raw)}")
@@ -29,14 +33,15 @@ def _decode(sigil: str, kind: str, text: str) -> bytes:
         raise InvalidId(f"{kind} must be text")
     stripped = text.strip()
     if not stripped.startswith(sigil):
-        raise InvalidId(f"not a {kind}: {text!r} does not start with {sigil!r}")
+        raise InvalidId(f"not {_article(kind)} {kind}: {text!r} does not start with {sigil!r}")
     body = stripped[len(sigil):]
     if len(body) != _TEXT_LEN:
-        raise InvalidId(f"not a {kind}: expected {_TEXT_LEN} characters after {sigil!r}, got {len(body)}")
+        raise InvalidId(f"not {_article(kind)} {kind}: expected {_TEXT_LEN} characters after {sigil!r}, "
+                        f"got {len(body)}")
     try:
         data = base64.b32decode(body.upper() + "======", casefold=False)
     except ValueError:
-        raise InvalidId(f"not a {kind}: {text!r} has characters outside a-z and 2-7") from None
+        raise InvalidId(f"not {_article(kind)} {kind}: {text!r} has characters outside a-z and 2-7") from None
     raw, check = data[:32], data[32:]
     if _checksum(kind, raw) != check:
         raise InvalidId(f"{kind} checksum mismatch in {text!r}: a character is mistyped")

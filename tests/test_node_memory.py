@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 
 import nacl.signing
-import pytest
 import trio
 import trio.testing
 
@@ -29,7 +28,8 @@ class Net:
         index = len(self.nodes)
         key = nacl.signing.SigningKey(bytes([index + 1]) * 32)
         store = Store(self.tmp_path / f"node{index}.sqlite3", bytes(key.verify_key))
-        settings = NodeConfig(listen_host=f"10.0.0.{index}", listen_port=0, **config)  # type: ignore[arg-type]
+        settings = NodeConfig(listen_host=f"10.0.0.{index}", listen_port=0, verify_in_thread=False,
+                              **config)  # type: ignore[arg-type]
         node = Node(key, store, settings, self.network.interface(f"10.0.0.{index}"), random.Random(index))
         await self.nursery.start(node.run, seeds or [])
         self.nodes.append(node)

@@ -1,0 +1,138 @@
+# Benchmark: initial sync of one feed from one node process to a fresh one over real, encrypted TCP on
+# loopback (entries/s, peak memory of each node), then post-to-peer latency (p50, p99) between the two
+# running nodes. Prints figures and their ratio to the bounds of the issue. Not part of the test suite.
+#
+# usage: python bench/sync_bench.py [--entries 100000] [--latency-posts 200]
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from p2pnode.home import STORE_FILE, create_identity  # noqa: E402
+from p2pnode.store import Store  # noqa: E402
+from protocol.ids import feed_id  # noqa: E402
+from protocol.log import create_entry  # noqa: E402
+
+TARGET_RATE = 15_000
+HYPERCORE_RATE = 10_347
+SSB_RATE = 3_963
+LATENCY_BOUND_MS = 50.0
+
+
+def p2pnode_command() -> list[str]:
+    script = Path(sys.executable).parent / "p2pnode"
+    return [str(script)] if script.exists() else [sys.executable, "-c", "import cli; cli.main()"]
+
+
+def start_node(home: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ, P2PNODE_HOME=str(home))
+    proc = subprocess.Popen([*p2pnode_command(), "run", "--listen", "127.0.0.1:0", "--log-level", "warning", *args],
+                            stdout=subprocess.PIPE, stderr=open(home.parent / f"{home.name}.log", "w"), text=True,
+                            env=env)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening "):
+        raise SystemExit(f"node did not start: {line!r}")
+    return proc, line.split(" ", 1)[1]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def count(db: Path, author: bytes) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        row = con.execute("SELECT head_seq FROM feeds WHERE author = ?", (author,)).fetchone()
+        return row[0] if row else 0
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--latency-posts", type=int, default=200)
+    args = parser.parse_args()
+    pause = threading.Event()
+    with tempfile.TemporaryDirectory(prefix="p2pnode-sync-") as tmp:
+        source_home, target_home = Path(tmp) / "source", Path(tmp) / "target"
+        source_key = create_identity(source_home)
+        target_key = create_identity(target_home)
+        author = bytes(source_key.verify_key)
+        text = "x" * 200
+        t0 = time.perf_counter()
+        with Store(source_home / STORE_FILE, author) as store:
+            previous = None
+            for start in range(0, args.entries, 1000):
+                batch = []
+                for i in range(start, min(args.entries, start + 1000)):
+                    previous = create_entry(source_key, previous, {"type": "post", "text": text}, 1_764_300_000_000 + i)
+                    batch.append((previous.header_bytes, previous.signature, previous.payload))
+                result = store.ingest(batch)
+                assert result.error is None
+        print(f"prepared {args.entries} entries of 200-byte posts in {time.perf_counter() - t0:.1f} s")
+        with Store(target_home / STORE_FILE, bytes(target_key.verify_key)) as store:
+            store.publish(target_key, {"type": "follow", "feed": author})
+
+        source, source_address = start_node(source_home)
+        t_start = time.perf_counter()
+        target, _ = start_node(target_home, "--seed", source_address)
+        target_db = target_home / STORE_FILE
+        while count(target_db, author) < args.entries:
+            if target.poll() is not None or time.perf_counter() - t_start > 1800:
+                raise SystemExit("sync failed or took over 30 minutes")
+            pause.wait(0.05)
+        elapsed = time.perf_counter() - t_start
+        rate = args.entries / elapsed
+        source_rss, target_rss = peak_rss_mb(source.pid), peak_rss_mb(target.pid)
+        print(f"initial sync: {args.entries} entries in {elapsed:.2f} s = {rate:,.0f} entries/s "
+              f"(includes the target's start-up and handshake)")
+        print(f"  ratio to the 15,000/s target: {rate / TARGET_RATE:.2f}; to hypercore 11 (10,347/s): "
+              f"{rate / HYPERCORE_RATE:.2f}; to ssb-db2+ebt (3,963/s): {rate / SSB_RATE:.2f}")
+        print(f"  peak RSS: source node {source_rss:.1f} MB, target node {target_rss:.1f} MB")
+
+        latencies = []
+        with Store(source_home / STORE_FILE, author) as store:
+            for i in range(args.latency_posts):
+                entry = store.publish(source_key, {"type": "post", "text": f"latency probe {i}"})
+                sent = time.perf_counter()
+                while count(target_db, author) < entry.seq:
+                    pause.wait(0.0005)
+                latencies.append((time.perf_counter() - sent) * 1000)
+                pause.wait(0.01)
+        latencies.sort()
+        p50 = statistics.median(latencies)
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        print(f"post-to-peer latency over {len(latencies)} posts (another process writes the source's store, as "
+              f"the CLI does): p50 {p50:.1f} ms, p99 {p99:.1f} ms; p50 ratio to the 50 ms bound: "
+              f"{p50 / LATENCY_BOUND_MS:.2f}")
+        for proc in (target, source):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        print(json.dumps({"entries": args.entries, "sync_entries_per_s": round(rate), "sync_seconds": round(elapsed, 2),
+                          "ratio_to_target": round(rate / TARGET_RATE, 2), "source_peak_rss_mb": round(source_rss, 1),
+                          "target_peak_rss_mb": round(target_rss, 1), "latency_p50_ms": round(p50, 1),
+                          "latency_p99_ms": round(p99, 1), "exit_codes": [target.returncode, source.returncode],
+                          "target_feed_id": feed_id(author)}))
+
+
+if __name__ == "__main__":
+    main()

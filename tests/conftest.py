@@ -1,0 +1,71 @@
+# Shared, generic test fixtures: a home directory under tmp_path and `run_cli`, which runs the real
+# `p2pnode` console script in a subprocess against a home and returns (returncode, stdout, stderr).
+# Feature-specific fixtures belong in their own modules, not here.
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+CLI_TIMEOUT_S = 60.0
+
+
+class CliResult(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_command() -> list[str]:
+    """How to start the installed console script: the `p2pnode` script of this interpreter's environment
+    (what `pip install -e .` creates), else the same entry point through `python -c`."""
+    bin_dir = Path(sys.executable).parent
+    for name in ("p2pnode", "p2pnode.exe"):
+        script = bin_dir / name
+        if script.is_file() and os.access(script, os.X_OK):
+            return [str(script)]
+    return [sys.executable, "-c", "import cli; cli.main(prog_name='p2pnode')"]
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    """The environment for a CLI subprocess: the given home, and nothing of the real user's home."""
+    env = dict(os.environ)
+    env["P2PNODE_HOME"] = str(home)
+    env["HOME"] = str(home.parent)
+    env["XDG_DATA_HOME"] = str(home.parent / "xdg-data")
+    env["PYTHONUTF8"] = "1"
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def run_cli(home: Path, *args: str, input: str | None = None, timeout: float = CLI_TIMEOUT_S) -> CliResult:
+    """Run `p2pnode ARGS...` with P2PNODE_HOME=home; stdin is `input` (empty when None)."""
+    completed = subprocess.run(
+        [*cli_command(), *args],
+        input="" if input is None else input,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=cli_env(home),
+        cwd=str(home.parent),
+        timeout=timeout,
+    )
+    return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A node home directory that does not exist yet (init creates it)."""
+    return tmp_path / "home"
+
+
+@pytest.fixture(name="run_cli")
+def run_cli_fixture() -> Callable[..., CliResult]:
+    """The `run_cli(home, *args, input=None)` helper, as a fixture."""
+    return run_cli
