@@ -55,6 +55,11 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count(db: Path, author: bytes) -> int:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
@@ -95,6 +100,9 @@ def main() -> None:
         source, source_address = start_node(source_home)
         t_start = time.perf_counter()
         target, _ = start_node(target_home, "--seed", source_address)
+        if os.environ.get("SYNC_BENCH_PROFILE"):
+            subprocess.Popen(["py-spy", "record", "-o", os.environ["SYNC_BENCH_PROFILE"], "-f", "raw", "-t",
+                              "--pid", str(target.pid), "-d", "3"])
         target_db = target_home / STORE_FILE
         while count(target_db, author) < args.entries:
             if target.poll() is not None or time.perf_counter() - t_start > 1800:
@@ -103,11 +111,14 @@ def main() -> None:
         elapsed = time.perf_counter() - t_start
         rate = args.entries / elapsed
         source_rss, target_rss = peak_rss_mb(source.pid), peak_rss_mb(target.pid)
+        source_cpu, target_cpu = cpu_seconds(source.pid), cpu_seconds(target.pid)
         print(f"initial sync: {args.entries} entries in {elapsed:.2f} s = {rate:,.0f} entries/s "
               f"(includes the target's start-up and handshake)")
         print(f"  ratio to the 15,000/s target: {rate / TARGET_RATE:.2f}; to hypercore 11 (10,347/s): "
               f"{rate / HYPERCORE_RATE:.2f}; to ssb-db2+ebt (3,963/s): {rate / SSB_RATE:.2f}")
         print(f"  peak RSS: source node {source_rss:.1f} MB, target node {target_rss:.1f} MB")
+        print(f"  CPU time so far: source node {source_cpu:.2f} s, target node {target_cpu:.2f} s "
+              f"(wall {elapsed:.2f} s, 2 cores)")
 
         latencies = []
         with Store(source_home / STORE_FILE, author) as store:
