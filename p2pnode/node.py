@@ -42,6 +42,8 @@ class NodeConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 120.0
     ping_interval: float = 30.0
+    send_timeout: float = 60.0  # a peer that stops reading for this long is dropped
+    forget_interval: float = 60.0
     poll_interval: float = 0.01
     dial_interval: float = 0.5
     peer_exchange_interval: float = 60.0
@@ -127,9 +129,12 @@ class Session:
 
     async def send(self, message: wire.Message) -> None:
         try:
-            await self.conn.send(wire.encode(message))
+            with trio.fail_after(self.node.config.send_timeout):
+                await self.conn.send(wire.encode(message))
         except TransportError as exc:
             raise PeerGone(f"send failed: {exc.reason}") from None
+        except trio.TooSlowError:
+            raise PeerGone(f"timeout: the peer read nothing for {self.node.config.send_timeout:g} s") from None
 
     def close(self, reason: str) -> None:
         """Ask the session to end with `reason` (sent to the peer as a close message)."""
@@ -537,8 +542,11 @@ class Node:
             self.inbound -= 1
 
     async def _dial_loop(self) -> None:
+        next_forget = trio.current_time()
         while True:
-            self.store.forget_peers(self.config.max_failures, self.config.peer_book_size)
+            if trio.current_time() >= next_forget:
+                self.store.forget_peers(self.config.max_failures, self.config.peer_book_size)
+                next_forget = trio.current_time() + self.config.forget_interval
             outbound = sum(1 for s in self.sessions.values() if s.outbound) + len(self.dialing)
             if outbound < self.config.outbound_target:
                 now = trio.current_time()
