@@ -55,6 +55,24 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def descendants(pid: int) -> list[int]:
+    """The process and every process below it (the node's signature workers and their forkserver)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in children:
+            found.extend(descendants(int(child)))
+    return found
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    return sum(peak_rss_mb(p) for p in descendants(pid))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in descendants(pid))
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -111,14 +129,17 @@ def main() -> None:
         elapsed = time.perf_counter() - t_start
         rate = args.entries / elapsed
         source_rss, target_rss = peak_rss_mb(source.pid), peak_rss_mb(target.pid)
+        target_tree_rss = tree_peak_rss_mb(target.pid)
         source_cpu, target_cpu = cpu_seconds(source.pid), cpu_seconds(target.pid)
+        target_tree_cpu = tree_cpu_seconds(target.pid)
         print(f"initial sync: {args.entries} entries in {elapsed:.2f} s = {rate:,.0f} entries/s "
               f"(includes the target's start-up and handshake)")
         print(f"  ratio to the 15,000/s target: {rate / TARGET_RATE:.2f}; to hypercore 11 (10,347/s): "
               f"{rate / HYPERCORE_RATE:.2f}; to ssb-db2+ebt (3,963/s): {rate / SSB_RATE:.2f}")
-        print(f"  peak RSS: source node {source_rss:.1f} MB, target node {target_rss:.1f} MB")
+        print(f"  peak RSS: source node {source_rss:.1f} MB, target node {target_rss:.1f} MB "
+              f"({target_tree_rss:.1f} MB with its signature workers, summed)")
         print(f"  CPU time so far: source node {source_cpu:.2f} s, target node {target_cpu:.2f} s "
-              f"(wall {elapsed:.2f} s, 2 cores)")
+              f"({target_tree_cpu:.2f} s with its workers; wall {elapsed:.2f} s, 2 cores)")
 
         latencies = []
         with Store(source_home / STORE_FILE, author) as store:
@@ -140,7 +161,8 @@ def main() -> None:
             proc.wait(timeout=30)
         print(json.dumps({"entries": args.entries, "sync_entries_per_s": round(rate), "sync_seconds": round(elapsed, 2),
                           "ratio_to_target": round(rate / TARGET_RATE, 2), "source_peak_rss_mb": round(source_rss, 1),
-                          "target_peak_rss_mb": round(target_rss, 1), "latency_p50_ms": round(p50, 1),
+                          "target_peak_rss_mb": round(target_rss, 1),
+                          "target_with_workers_peak_rss_mb": round(target_tree_rss, 1), "latency_p50_ms": round(p50, 1),
                           "latency_p99_ms": round(p99, 1), "exit_codes": [target.returncode, source.returncode],
                           "target_feed_id": feed_id(author)}))
 

@@ -16,10 +16,11 @@ from protocol import wire
 from protocol.errors import ProtocolError
 from protocol.handshake import DEFAULT_NETWORK_KEY
 from protocol.ids import Address, feed_id, parse_address
-from protocol.log import CONTACT_TYPES, Entry, verify_entries
+from protocol.log import CONTACT_TYPES, Entry
 
 from .connection import Connection, TransportError, client_handshake, server_handshake
 from .store import IngestResult, Store
+from .verifier import Pending, Verifier
 
 log = logging.getLogger("p2pnode.node")
 
@@ -52,10 +53,9 @@ class NodeConfig:
     batch_entries: int = wire.MAX_ENTRIES_PER_MESSAGE
     max_failures: int = 10
     peer_book_size: int = 1_000
-    # verify signatures in this many worker threads, in parallel and overlapping with receiving and storing
-    # (libsodium releases the GIL); simulations under a virtual clock use 0, verifying inline, because a
-    # thread hop looks idle to the autojump clock
-    verify_threads: int = 2
+    # check signatures in this many worker processes (p2pnode/verifier.py); simulations under a virtual
+    # clock use 0, verifying inline, because waiting on a worker looks idle to the autojump clock
+    verify_workers: int = 2
 
 
 class Network(Protocol):
@@ -111,8 +111,7 @@ class Session:
     def __post_init__(self) -> None:
         # received batches flow: receive loop -> verifier -> ingester, two batches in flight at each step
         self.to_verify, self.from_receiver = trio.open_memory_channel[wire.Entries](2)
-        self.to_ingest, self.from_verifier = trio.open_memory_channel[
-            tuple[list[Entry], ProtocolError | None]](2)
+        self.to_ingest, self.from_verifier = trio.open_memory_channel[Pending](2)
 
     @property
     def key(self) -> bytes:
@@ -194,15 +193,12 @@ class Session:
         """Pipeline stage 1: drop unwanted entries, verify the rest (in a thread when so configured)."""
         async for message in self.from_receiver:
             keep = self.node.select_wanted(message)
-            if self.node.config.verify_threads > 0:
-                verified = await _verify_in_threads(keep, self.node.config.verify_threads)
-            else:
-                verified = verify_entries(keep)
-            await self.to_ingest.send(verified)
+            await self.to_ingest.send(self.node.verifier.start(keep))
 
     async def _ingester(self) -> None:
         """Pipeline stage 2: store verified entries in order; the first invalid one ends the session."""
-        async for entries, error in self.from_verifier:
+        async for pending in self.from_verifier:
+            entries, error = await pending.result()
             await self.node.store_entries(self, entries, error)
 
     async def _pinger(self) -> None:
@@ -333,6 +329,7 @@ class Node:
         self.blocked: set[bytes] = set()
         self.changed = trio.Event()  # set whenever peers or sync state change: status writers wait on it
         self._nursery: trio.Nursery | None = None
+        self.verifier = Verifier(0)
         self._last_row_id = 0
         self._data_version = 0
 
@@ -345,6 +342,13 @@ class Node:
         for seed in seeds or []:
             if seed.key != self.owner:
                 self.store.add_peer(str(seed), seed.key, "seed")
+        self.verifier = Verifier(self.config.verify_workers)
+        try:
+            await self._serve(task_status)
+        finally:
+            self.verifier.close()
+
+    async def _serve(self, task_status: Any) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             host, port = await nursery.start(self.network.serve, self.config.listen_host,
@@ -627,29 +631,6 @@ class Node:
                 "sent": s.sent_entries,
             } for s in self.sessions.values() if s.closing is None],
         }
-
-
-async def _verify_in_threads(items: list[tuple[bytes, bytes, bytes | None]],
-                             threads: int) -> tuple[list[Entry], ProtocolError | None]:
-    """verify_entries split over worker threads; the result is as if one thread had verified in order."""
-    if len(items) < 2 * threads:
-        return await trio.to_thread.run_sync(verify_entries, items)
-    size = -(-len(items) // threads)
-    chunks = [items[i:i + size] for i in range(0, len(items), size)]
-    results: list[tuple[list[Entry], ProtocolError | None]] = [([], None)] * len(chunks)
-
-    async def verify(index: int) -> None:
-        results[index] = await trio.to_thread.run_sync(verify_entries, chunks[index])
-
-    async with trio.open_nursery() as nursery:
-        for index in range(len(chunks)):
-            nursery.start_soon(verify, index)
-    verified: list[Entry] = []
-    for entries, error in results:
-        verified.extend(entries)
-        if error is not None:
-            return verified, error
-    return verified, None
 
 
 def _author_of(header: bytes) -> bytes | None:

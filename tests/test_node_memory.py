@@ -28,7 +28,7 @@ class Net:
         index = len(self.nodes)
         key = nacl.signing.SigningKey(bytes([index + 1]) * 32)
         store = Store(self.tmp_path / f"node{index}.sqlite3", bytes(key.verify_key))
-        settings = NodeConfig(listen_host=f"10.0.0.{index}", listen_port=0, verify_threads=0,
+        settings = NodeConfig(listen_host=f"10.0.0.{index}", listen_port=0, verify_workers=0,
                               **config)  # type: ignore[arg-type]
         node = Node(key, store, settings, self.network.interface(f"10.0.0.{index}"), random.Random(index))
         await self.nursery.start(node.run, seeds or [])
