@@ -311,7 +311,10 @@ def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tu
         if runtime_info(home):
             raise UserError(f"a node is already running on {home}")
         config = NodeConfig(listen_host=host, listen_port=port, advertise_host=advertise, hops=hops, relay=relay)
-        run_node(home, config, seeds)
+        try:
+            run_node(home, config, seeds)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
 
 
 @main.command()

@@ -111,8 +111,9 @@ class Connection:
         """Receive one whole wire message.
 
         Raises ConnectionClosed on goodbye/EOF, IdleTimeout when nothing arrives within idle_timeout,
-        MessageTooLarge (and closes) when the announced length exceeds max_message_size, and
-        TransportError("invalid: ...") (and closes) on any forged or malformed frame.
+        MessageTooLarge when the announced length exceeds max_message_size, and TransportError("invalid: ...")
+        on any forged or malformed frame. After those two, every receive fails the same way, sending still
+        works (to say `close` with the reason), and the caller closes the connection.
         """
         async with self._receive_lock:
             if self._receive_error is not None:
@@ -123,12 +124,14 @@ class Connection:
                     if message is not None:
                         return message
                     event = self._decoder.next_event()
+                # The peer broke the rules: receiving is over, but our sending direction still works, so the
+                # caller can tell the peer why (a `close` message) before it closes the connection.
                 except msgframing.MessageTooLargeError as exc:
-                    await self._fail_receive(MessageTooLarge(f"too-large: {exc}"), exc)
+                    self._refuse_receive(MessageTooLarge(f"too-large: {exc}"), exc)
                 except msgframing.FramingError as exc:
-                    await self._fail_receive(TransportError(f"invalid: bad message framing: {exc}"), exc)
+                    self._refuse_receive(TransportError(f"invalid: bad message framing: {exc}"), exc)
                 except boxstream.BoxStreamError as exc:
-                    await self._fail_receive(TransportError(f"invalid: bad box stream frame: {exc}"), exc)
+                    self._refuse_receive(TransportError(f"invalid: bad box stream frame: {exc}"), exc)
                 if isinstance(event, boxstream.Data):
                     self._messages.receive_data(event.data)
                     continue
@@ -180,6 +183,10 @@ class Connection:
         if self._broken is None:
             self._broken = error
         await trio.aclose_forcefully(self._stream)
+
+    def _refuse_receive(self, error: TransportError, cause: BaseException) -> None:
+        self._receive_error = error
+        raise self._copy(error) from cause
 
     async def _fail_receive(self, error: TransportError, cause: BaseException | None = None) -> None:
         self._receive_error = error

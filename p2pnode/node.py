@@ -13,12 +13,12 @@ import nacl.signing
 import trio
 
 from protocol import wire
-from protocol.errors import ProtocolError
+from protocol.errors import ForkDetected, ProtocolError
 from protocol.handshake import DEFAULT_NETWORK_KEY
 from protocol.ids import Address, feed_id, parse_address
 from protocol.log import CONTACT_TYPES, Entry
 
-from .connection import Connection, TransportError, client_handshake, server_handshake
+from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
 
@@ -56,6 +56,9 @@ class NodeConfig:
     # check signatures in this many worker processes (p2pnode/verifier.py); simulations under a virtual
     # clock use 0, verifying inline, because waiting on a worker looks idle to the autojump clock
     verify_workers: int = 2
+    max_peer_wants: int = 100_000  # feeds one peer may ask for; beyond it the peer is dropped (rate-limited:)
+    max_probes: int = 8  # announced addresses checked at once
+    min_good_session: float = 30.0  # a session shorter than this counts as a failed dial for backoff
 
 
 class Network(Protocol):
@@ -134,6 +137,9 @@ class Session:
             raise PeerGone(f"send failed: {exc.reason}") from None
         except trio.TooSlowError:
             raise PeerGone(f"timeout: the peer read nothing for {self.node.config.send_timeout:g} s") from None
+        except ProtocolError as exc:  # our own message over a limit: a bug, but only this session pays
+            log.error("could not encode a %s message: %s", type(message).__name__, exc.reason)
+            raise PeerGone(exc.reason) from None
 
     def close(self, reason: str) -> None:
         """Ask the session to end with `reason` (sent to the peer as a close message)."""
@@ -180,12 +186,18 @@ class Session:
             await task()
         except PeerGone as exc:
             self.close(exc.reason)
+        except ProtocolError as exc:
+            self.close(exc.reason)
+        except Exception:  # a bug must end this session, not the node and every other session with it
+            log.exception("error in the session with %s", feed_id(self.key)[:12])
+            self.close("internal: error in this node; see its log")
 
     async def _converse(self) -> None:
         node = self.node
         await self.send(wire.Hello(wire.PROTOCOL_VERSION, ("want-all",) if node.config.relay else (),
                                    str(node.address) if node.address else None, node.config.relay))
-        await self.send(node.want_message())
+        for message in node.want_messages():
+            await self.send(message)
         await self._send_peers()
         await self._receive_loop()
 
@@ -220,7 +232,11 @@ class Session:
         while True:
             try:
                 data = await self.conn.receive()
+            except IdleTimeout:
+                raise PeerGone(f"timeout: nothing received for {self.node.config.idle_timeout:g} s") from None
             except TransportError as exc:
+                if exc.reason.startswith(("too-large:", "invalid:")):  # the peer broke the rules: say so
+                    raise PeerGone(exc.reason) from None
                 raise PeerGone(f"peer closed: {exc.reason}") from None
             try:
                 message = wire.decode(data)
@@ -247,11 +263,13 @@ class Session:
         elif isinstance(message, wire.Want):
             blocked = node.blocked
             held = node.store.clock(a for a in message.feeds if a not in blocked)
+            for author in message.drop:
+                self.their_want.pop(author, None)
             for author, seq in message.feeds.items():
                 if author not in blocked:
                     self.their_want[author] = seq  # the peer knows best what it holds
-            for author in message.drop:
-                self.their_want.pop(author, None)
+            if len(self.their_want) > node.config.max_peer_wants:
+                raise PeerGone(f"rate-limited: the peer wants more than {node.config.max_peer_wants} feeds")
             self.their_all = self.their_all or message.all
             have = {a: s for a, s in held.items() if s > 0}
             if have:
@@ -261,7 +279,8 @@ class Session:
                 marked |= set(node.store.clock())
             self.mark(marked - blocked)
         elif isinstance(message, wire.Have):
-            self.their_have.update(message.feeds)
+            # only what we want matters (for "in sync"); the rest is not kept, so it cannot grow memory
+            self.their_have.update((a, s) for a, s in message.feeds.items() if a in node.wanted)
         elif isinstance(message, wire.Entries):
             await self.to_verify.send(message)
         elif isinstance(message, wire.Peers):
@@ -287,8 +306,11 @@ class Session:
 
     async def _send_feed(self, author: bytes) -> None:
         node = self.node
+        since = self.their_want.get(author, 0)
         while True:
-            since = self.their_want.get(author, 0)
+            if author in node.blocked or (author not in self.their_want and not self.their_all):
+                return  # dropped or blocked while we were sending
+            since = max(since, self.their_want.get(author, 0))
             rows = node.store.raw_entries_after(author, since, node.config.batch_entries)
             if not rows:
                 return
@@ -302,10 +324,10 @@ class Session:
                 size += entry_size
             await self.send(wire.Entries(tuple(batch)))
             self.sent_entries += len(batch)
-            last_seq = rows[len(batch) - 1][0]
+            since = rows[len(batch) - 1][0]
             # the peer holds these now; a want/drop from it may have changed the map meanwhile
             if author in self.their_want or self.their_all:
-                self.their_want[author] = max(self.their_want.get(author, 0), last_seq)
+                self.their_want[author] = max(self.their_want.get(author, 0), since)
 
 
 class Node:
@@ -327,6 +349,7 @@ class Node:
         self.next_dial: dict[str, float] = {}
         self.wanted: set[bytes] = set()
         self.blocked: set[bytes] = set()
+        self.forked: set[bytes] = set()  # feeds with two signed histories: no longer fetched (spec/log.md)
         self.changed = trio.Event()  # set whenever peers or sync state change: status writers wait on it
         self._nursery: trio.Nursery | None = None
         self.verifier = Verifier(0)
@@ -409,6 +432,7 @@ class Node:
     def _refresh_graph(self) -> tuple[set[bytes], set[bytes]]:
         old_wanted, old_blocked = self.wanted, self.blocked
         self.blocked = self.store.blocked()
+        self.forked = set(self.store.forked_feeds()) - {self.owner}
         self.wanted = self.store.wanted_feeds(self.config.hops)
         return old_wanted, old_blocked
 
@@ -424,27 +448,28 @@ class Node:
             for author in newly_blocked:
                 session.their_want.pop(author, None)
         if added or dropped:
-            clock = self.store.clock(added)
-            message = wire.Want(clock, tuple(dropped), self.config.relay)
+            messages = _want_chunks(self.store.clock(added), sorted(dropped), self.config.relay)
             for session in list(self.sessions.values()):
                 if session.closing is None:
-                    self._nursery_send(session, message)
+                    self._nursery_send(session, messages)
 
-    def _nursery_send(self, session: Session, message: wire.Message) -> None:
+    def _nursery_send(self, session: Session, messages: list[wire.Message]) -> None:
         async def send() -> None:
             try:
-                await session.send(message)
+                for message in messages:
+                    await session.send(message)
             except PeerGone as exc:
                 session.close(exc.reason)
         assert self._nursery is not None
         self._nursery.start_soon(send)
 
-    def want_message(self) -> wire.Want:
+    def want_messages(self) -> list[wire.Want]:
+        """What a new connection is told this node wants, in messages within the wire limits."""
         feeds = self.store.clock(self.wanted)
         if self.config.relay:
             feeds.update(self.store.clock())
-            feeds = {a: s for a, s in feeds.items() if a not in self.blocked}
-        return wire.Want(feeds, (), self.config.relay)
+            feeds = {a: s for a, s in feeds.items() if a not in self.blocked and a not in self.forked}
+        return _want_chunks(feeds, [], self.config.relay)
 
     # ------------------------------------------------------------ receiving
 
@@ -453,7 +478,8 @@ class Node:
         keep = []
         for item in message.raw:
             author = _author_of(item[0])
-            if author is None or author in self.wanted or (self.config.relay and author not in self.blocked):
+            if author is None or author in self.wanted or (
+                    self.config.relay and author not in self.blocked and author not in self.forked):
                 keep.append(item)
         return keep
 
@@ -473,6 +499,18 @@ class Node:
         self._entries_stored(result.stored, session)
         if any(_is_contact(e) for e in result.stored) or result.purged_feeds:
             self._graph_changed()
+        if isinstance(result.error, ForkDetected):
+            # not the peer's fault: it holds the other branch. Stop fetching the feed; ask again for the
+            # other feeds of the batch that were discarded after the fork
+            log.warning("feed %s is forked (seen from peer %s): no longer fetched", feed_id(result.forked[0])[:12]
+                        if result.forked else "?", feed_id(session.key)[:12])
+            self._graph_changed()
+            stored = {e.hash for e in result.stored}
+            rest = {e.author for e in entries if e.hash not in stored} - self.forked - self.blocked
+            if rest:
+                for message in _want_chunks(self.store.clock(rest), [], self.config.relay):
+                    await session.send(message)
+            result.error = None
         error = result.error or error
         if error is not None:
             log.warning("peer %s sent an invalid entry: %s", feed_id(session.key)[:12], error.reason)
@@ -500,7 +538,8 @@ class Node:
         if address.key == key and key != self.owner and key not in self.blocked:
             self.store.add_peer(str(address), address.key, source)
             text = str(address)
-            if text not in self.store.working_peers(self.config.peer_book_size) and text not in self.probing:
+            if (len(self.probing) < self.config.max_probes and text not in self.probing
+                    and text not in self.store.working_peers(self.config.peer_book_size)):
                 self.probing.add(text)
                 assert self._nursery is not None
                 self._nursery.start_soon(self._probe, address)
@@ -516,9 +555,11 @@ class Node:
                 await conn.send(wire.encode(wire.Close("probe: address verified")))
                 await conn.aclose()
             self.store.peer_connected(str(address))
-        except (OSError, trio.TooSlowError, TransportError) as exc:
+        except (OSError, ValueError, trio.TooSlowError, TransportError) as exc:
             log.info("address %s announced by its peer does not answer: %s", address,
                      getattr(exc, "reason", None) or exc)
+        finally:
+            self.probing.discard(str(address))
 
     def learn_address_text(self, text: str, source: str) -> None:
         try:
@@ -551,7 +592,7 @@ class Node:
             if trio.current_time() >= next_forget:
                 self.store.forget_peers(self.config.max_failures, self.config.peer_book_size)
                 next_forget = trio.current_time() + self.config.forget_interval
-            outbound = sum(1 for s in self.sessions.values() if s.outbound) + len(self.dialing)
+            outbound = len(self.dialing)  # an address stays in `dialing` until its session ends
             if outbound < self.config.outbound_target:
                 now = trio.current_time()
                 connected = set(self.sessions)
@@ -576,24 +617,30 @@ class Node:
 
     async def _dial(self, address: str, key: bytes) -> None:
         try:
-            target = parse_address(address)
             try:
+                target = parse_address(address)
                 with trio.fail_after(self.config.handshake_timeout):
                     stream = await self.network.dial(target.host, target.port)
                 conn = await client_handshake(stream, self.key, key, network_key=self.config.network_key,
                                               handshake_timeout=self.config.handshake_timeout,
                                               idle_timeout=self.config.idle_timeout)
-            except (OSError, trio.TooSlowError, TransportError) as exc:
+            except (OSError, ValueError, ProtocolError, trio.TooSlowError, TransportError) as exc:
                 log.info("dial %s failed: %s", address, getattr(exc, "reason", None) or exc)
                 self._backoff(address, failed=True)
                 return
-        except ProtocolError:
-            return
+            self.store.peer_connected(address)
+            session = Session(self, conn, outbound=True, address=address)
+            started = trio.current_time()
+            await self._run_session(session)
+            # a session that was refused or broke off at once is a failure for the backoff, so that a peer
+            # that blocks us, or one we keep disagreeing with, is not redialled every second
+            lasted = trio.current_time() - started
+            reason = (session.closing or "").removeprefix("peer closed: ")
+            failed = lasted < self.config.min_good_session or reason.startswith(
+                ("blocked:", "invalid:", "duplicate:", "unsupported:", "rate-limited:"))
+            self._backoff(address, failed=failed)
         finally:
             self.dialing.discard(address)
-        self.store.peer_connected(address)
-        await self._run_session(Session(self, conn, outbound=True, address=address))
-        self._backoff(address, failed=False)
 
     async def _run_session(self, session: Session) -> None:
         if session.key in self.blocked:
@@ -611,9 +658,11 @@ class Node:
         both ends keep the one dialled by the smaller key."""
         existing = self.sessions.get(session.key)
         if existing is not None and existing.closing is None:
-            if not session.dialer < existing.dialer:
+            # the same dialler twice: the peer reconnected (the old connection may be dead without our
+            # knowing, after a NAT rebinding or a laptop resume), so the new one wins
+            if session.dialer > existing.dialer:
                 return False
-            existing.close("duplicate: a connection dialled by the smaller key replaces this one")
+            existing.close("duplicate: replaced by a newer connection")
         self.sessions[session.key] = session
         self._notify()
         return True
@@ -631,6 +680,15 @@ class Node:
                 "sent": s.sent_entries,
             } for s in self.sessions.values() if s.closing is None],
         }
+
+
+def _want_chunks(feeds: dict[bytes, int], drop: list[bytes], relay: bool) -> list[wire.Want]:
+    """`want` messages of at most MAX_FEEDS_PER_WANT feeds and drops each (at least one message)."""
+    limit = wire.MAX_FEEDS_PER_WANT
+    items = list(feeds.items())
+    count = max(1, -(-len(items) // limit), -(-len(drop) // limit))
+    return [wire.Want(dict(items[i * limit:(i + 1) * limit]), tuple(drop[i * limit:(i + 1) * limit]), relay)
+            for i in range(count)]
 
 
 def _author_of(header: bytes) -> bytes | None:

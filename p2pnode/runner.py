@@ -3,14 +3,17 @@
 # shuts down cleanly: goodbye to every peer, store closed, node.json removed, exit 0.
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import nacl.signing
 import trio
 
 from protocol.errors import ProtocolError
@@ -21,6 +24,7 @@ from .node import Node, NodeConfig
 from .store import Store
 
 log = logging.getLogger("p2pnode.run")
+LOCK_FILE = "run.lock"
 STATUS_INTERVAL = 0.5
 
 
@@ -68,9 +72,36 @@ def collect_seeds(home: Path, options: list[str], seeds_file: Path | None,
 def run_node(home: Path, config: NodeConfig, seeds: list[Address]) -> None:
     """Run a node in the foreground until SIGINT or SIGTERM. Raises HomeError/StoreError before it starts."""
     key = load_identity(home)
+    with _run_lock(home):
+        _run_locked(home, key, config, seeds)
+
+
+@contextmanager
+def _run_lock(home: Path) -> Iterator[None]:
+    """One `run` per home: an exclusive lock on <home>/run.lock, held until the node exits (the kernel
+    drops it if the process dies, so a crash leaves nothing to clean up)."""
+    handle = open(home / LOCK_FILE, "a+")  # noqa: SIM115 - closed below
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"a node is already running on {home}") from None
+        yield
+    finally:
+        handle.close()
+
+
+def _run_locked(home: Path, key: nacl.signing.SigningKey, config: NodeConfig, seeds: list[Address]) -> None:
     store = Store(home / STORE_FILE, bytes(key.verify_key))
     try:
         trio.run(_main, home, key, store, config, seeds)
+    except BaseExceptionGroup as group:
+        # trio wraps a failure to listen (port in use, unknown host) in exception groups: say it in one line
+        problem = _first_os_error(group)
+        if problem is None:
+            raise
+        raise ConfigError(f"cannot listen on {config.listen_host}:{config.listen_port}: "
+                          f"{problem.strerror or problem}") from None
     finally:
         store.close()
         try:
@@ -79,7 +110,19 @@ def run_node(home: Path, config: NodeConfig, seeds: list[Address]) -> None:
             pass
 
 
-async def _main(home: Path, key, store: Store, config: NodeConfig, seeds: list[Address]) -> None:  # noqa: ANN001
+def _first_os_error(group: BaseExceptionGroup) -> OSError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, OSError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_os_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: NodeConfig,
+                seeds: list[Address]) -> None:
     node = Node(key, store, config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -13,7 +13,7 @@ from typing import Any
 import nacl.signing
 
 from protocol.errors import ForkDetected, InvalidEntry, ProtocolError
-from protocol.ids import feed_id
+from protocol.ids import entry_ref, feed_id
 from protocol.log import (
     CONTACT_TYPES,
     Entry,
@@ -228,6 +228,8 @@ class Store:
                     continue
                 if forked[author]:
                     raise ForkDetected(f"feed {_short(author)} is forked and accepts no more entries")
+                if head is not None and entry.seq == head.seq + 1 and entry.header.prev != head.hash:
+                    self._fork_by_link(entry, head, result)
                 check_link(entry, head)
             except ProtocolError as exc:
                 result.error = exc
@@ -260,6 +262,17 @@ class Store:
                          entry.signature, _now_ms()))
         result.forked.append(entry.author)
         raise ForkDetected(f"feed {_short(entry.author)} signed two different entries at seq {entry.seq}")
+
+    def _fork_by_link(self, entry: Entry, head: FeedHead, result: IngestResult) -> None:
+        """A validly signed entry n+1 whose prev is not our entry n: the author signed another entry n.
+        Keep our entry n and this header as the proof (spec/log.md, "Forks")."""
+        header_a, signature_a = self.db.execute("SELECT header, signature FROM entries WHERE author = ? AND seq = ?",
+                                                (head.author, head.seq)).fetchone()
+        self.db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (entry.author, head.seq, header_a, signature_a, entry.header_bytes, entry.signature,
+                         _now_ms()))
+        result.forked.append(entry.author)
+        raise ForkDetected(f"feed {_short(entry.author)} signed seq {entry.seq} after another entry {head.seq}")
 
     def _insert(self, entry: Entry, result: IngestResult) -> None:
         content = entry.content()
@@ -410,7 +423,7 @@ class Store:
                 next_frontier |= self.follows(author) - wanted - blocked
             wanted |= next_frontier
             frontier = next_frontier
-        return wanted - blocked
+        return wanted - blocked - (set(self.forked_feeds()) - {self.owner})
 
     def profile_name(self, author: bytes) -> str | None:
         row = self.db.execute("SELECT name FROM profiles WHERE author = ?", (author,)).fetchone()
@@ -441,13 +454,13 @@ class Store:
     def peer_connected(self, address: str) -> None:
         with self._write():
             now = _now_ms()
-            self.db.execute("UPDATE peers SET last_seen = ?, last_attempt = ?, failures = 0 WHERE address = ?",
-                            (now, now, address))
+            self.db.execute("UPDATE peers SET last_seen = ?, last_attempt = ? WHERE address = ?", (now, now, address))
 
     def peer_attempted(self, address: str, next_attempt_ms: int, failed: bool) -> None:
         with self._write():
-            self.db.execute("UPDATE peers SET last_attempt = ?, next_attempt = ?, failures = failures + ? "
-                            "WHERE address = ?", (_now_ms(), next_attempt_ms, 1 if failed else 0, address))
+            self.db.execute("UPDATE peers SET last_attempt = ?, next_attempt = ?, "
+                            "failures = CASE WHEN ? THEN failures + 1 ELSE 0 END WHERE address = ?",
+                            (_now_ms(), next_attempt_ms, failed, address))
 
     def peer_failures(self, address: str) -> int:
         row = self.db.execute("SELECT failures FROM peers WHERE address = ?", (address,)).fetchone()
@@ -492,8 +505,8 @@ class Store:
         for (author,) in self.db.execute("SELECT DISTINCT author FROM entries ORDER BY author").fetchall():
             problems.extend(self._check_feed(author))
         for (author, seq, header_b) in self.db.execute("SELECT author, seq, header_b FROM forks").fetchall():
-            problems.append(Problem(author, seq, f"forked: a second entry {entry_hash(header_b).hex()[:16]}... "
-                                                 "was signed for this seq"))
+            problems.append(Problem(author, seq, f"forked: the author also signed {entry_ref(entry_hash(header_b))}, "
+                                                 "which contradicts this entry"))
         for (author, head_seq) in self.db.execute("SELECT author, head_seq FROM feeds").fetchall():
             actual = self.db.execute("SELECT max(seq) FROM entries WHERE author = ?", (author,)).fetchone()[0]
             if actual != head_seq:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -27,7 +28,8 @@ class Verifier:
         self.pool: ProcessPoolExecutor | None = None
         if workers > 0:
             # forkserver: never fork the trio process itself, whose threads and sockets a child must not inherit
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                            initializer=_ignore_interrupts)
 
     def start(self, items: list[Raw]) -> Pending:
         """Hand a batch to the workers now; `await pending.result()` later. Starting the next batch before
@@ -81,6 +83,11 @@ class Pending:
             _, error = verify_entries(self.items[bad:bad + 1])  # the full check names what is wrong
             error = error or InvalidEntry("bad signature")
         return verified, error
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group; the node shuts its workers down itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _results(futures: list[Future[int | None]]) -> list[int | None]:

@@ -3,6 +3,7 @@
 # character is reported as an error and never decodes to another key (spec/log.md, "Text forms").
 import base64
 import hashlib
+import ipaddress
 from typing import NamedTuple
 
 from .errors import InvalidId
@@ -82,7 +83,21 @@ class Address(NamedTuple):
         return f"{self.host}:{self.port}/{feed_id(self.key)}"
 
 
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:_")
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def _valid_host(host: str) -> bool:
+    """An IPv4 or IPv6 address, or a DNS name of 1-63-character labels of letters, digits and '-'."""
+    if ":" in host or host.replace(".", "").isdigit():
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
+    labels = host.split(".")
+    return len(host) <= 253 and all(
+        0 < len(label) <= 63 and set(label) <= _LABEL_CHARS and label[0] != "-" and label[-1] != "-"
+        for label in labels)
 
 
 def parse_address(text: str) -> Address:
@@ -91,8 +106,9 @@ def parse_address(text: str) -> Address:
         raise InvalidId(f"not an address: {text!r} (expected HOST:PORT/@FEEDID)")
     where, _, key_text = text.strip().rpartition("/")
     host, _, port_text = where.rpartition(":")
-    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if (not host or not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5
+            or not 1 <= int(port_text) <= 65535):
         raise InvalidId(f"not an address: {text!r} needs HOST:PORT with a port from 1 to 65535")
-    if not set(host) <= _HOST_CHARS or len(host) > 253:
+    if not _valid_host(host):
         raise InvalidId(f"not an address: bad host {host!r}")
     return Address(host, int(port_text), parse_feed_id(key_text))

@@ -22,6 +22,7 @@ MAX_TIMESTAMP = 2**53 - 1
 MAX_NAME_CHARS = 64
 MAX_ABOUT_CHARS = 2_000
 MAX_TYPE_CHARS = 32
+MAX_PAYLOAD_DEPTH = 16
 HASH_SIZE = 32
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
@@ -141,7 +142,7 @@ def encode_payload(payload: dict[str, Any]) -> bytes:
 def _sorted_maps(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _sorted_maps(value[k]) for k in sorted(value)}
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):  # exactly: msgpack's ExtType is a tuple, and must stay an ext
         return [_sorted_maps(v) for v in value]
     return value
 
@@ -182,18 +183,30 @@ def decode_payload(data: bytes) -> dict[str, Any]:
     return payload
 
 
-def _plain(value: Any) -> Any:
-    """A decoded value with its maps as dicts, checking that every map's keys are unique sorted strings."""
-    if type(value) is _Pairs:
+def _plain(value: Any, depth: int = 0) -> Any:
+    """A decoded value with its maps as dicts, checking what spec/log.md allows: maps with unique sorted
+    string keys, arrays, non-negative integers, strings, bytes, booleans and nil, nested at most
+    MAX_PAYLOAD_DEPTH deep (so that checking it can never exhaust the stack)."""
+    kind = type(value)
+    if depth > MAX_PAYLOAD_DEPTH and kind in (_Pairs, list):
+        raise InvalidEntry(f"payload nests maps and arrays more than {MAX_PAYLOAD_DEPTH} deep")
+    if kind is _Pairs:
         keys = [key for key, _ in value]
         if any(type(key) is not str for key in keys):
             raise InvalidEntry("payload map keys must be strings")
         if keys != sorted(set(keys)):
             raise InvalidEntry("payload keys must be unique and sorted")
-        return {k: _plain(v) for k, v in value}
-    if type(value) is list:
-        return [_plain(v) for v in value]
+        return {k: _plain(v, depth + 1) for k, v in value}
+    if kind is list:
+        return [_plain(v, depth + 1) for v in value]
+    if kind is int and value < 0:
+        raise InvalidEntry("payload integers must not be negative")
+    if kind not in _LEAF_TYPES:
+        raise InvalidEntry(f"payload holds a value of a type the format does not allow ({kind.__name__})")
     return value
+
+
+_LEAF_TYPES = frozenset({int, str, bytes, bool, type(None)})
 
 
 def _is_type_name(kind: str) -> bool:

@@ -494,15 +494,37 @@ def test_payload_limits_are_inclusive() -> None:
 
 
 @pytest.mark.parametrize("payload", [
-    {"type": "poll", "question": "tea?", "options": ["yes", "no", 3, None, [1.5, b"\x00"]], "open": True},
+    {"type": "poll", "question": "tea?", "options": ["yes", "no", 3, None, [15, b"\x00"]], "open": True},
     {"type": "x-1"},
-    {"type": "reaction", "entry": b"\x01" * 32, "emoji": "+1", "weight": -3},
+    {"type": "reaction", "entry": b"\x01" * 32, "emoji": "+1", "weight": 3},
 ])
 def test_unknown_payload_types_are_accepted_when_well_formed(payload: dict[str, Any]) -> None:
     data = encode_payload(payload)
     assert decode_payload(data) == payload
     entry = create_entry(KEY, None, payload, 1)
     assert verify_entry(*entry.to_wire()).content() == payload
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (1.5, "type the format does not allow"), (-3, "must not be negative"),
+    (msgpack.ExtType(1, b"x"), "type the format does not allow"),
+])
+def test_payload_values_outside_the_format_are_refused(value: Any, message: str) -> None:
+    with pytest.raises(InvalidEntry, match=message):
+        decode_payload(msgpack.packb({"type": "x", "value": value}, use_bin_type=True))
+    with pytest.raises(InvalidEntry, match=message):
+        encode_payload({"type": "x", "value": value})
+
+
+@pytest.mark.parametrize("depth", [17, 600, 5000])
+def test_deep_nesting_is_refused_without_exhausting_the_stack(depth: int) -> None:
+    data = b"\x82" + msgpack.packb("a") + b"\x91" * depth + b"\x01" + msgpack.packb("type") + msgpack.packb("x")
+    with pytest.raises(InvalidEntry):
+        decode_payload(data)
+    nested: Any = 1
+    for _ in range(16):
+        nested = [nested]
+    assert decode_payload(encode_payload({"type": "x", "a": nested}))["a"] == nested  # 16 deep is allowed
 
 
 def test_unknown_payload_types_may_nest_maps() -> None:

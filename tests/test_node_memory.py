@@ -144,3 +144,18 @@ async def test_fifty_nodes_random_topology(tmp_path: Path, autojump_clock: trio.
         await wait_until(lambda: all(n.store.entry_by_hash(entry.hash) is not None for n in nodes), timeout=600)
         assert all(n.store.check() == [] for n in nodes)
         nursery.cancel_scope.cancel()
+
+
+async def test_silent_client_is_dropped_after_the_handshake_timeout(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = Net(tmp_path, nursery)
+        node = await net.add()
+        stream = await net.network.interface("10.9.9.9").dial(node.address.host, node.address.port)
+        started = trio.current_time()
+        with trio.fail_after(60):
+            assert await stream.receive_some(100) == b""  # the node hung up without a word
+        assert trio.current_time() - started == node.config.handshake_timeout
+        await wait_until(lambda: node.inbound == 0, timeout=1)
+        assert node.sessions == {}
+        nursery.cancel_scope.cancel()

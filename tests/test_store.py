@@ -107,13 +107,27 @@ def test_ingest_validates_against_the_stored_head(store: Store) -> None:
     gap = store.ingest(wire(feed[6:]))  # seq 7.. while the head is 5
     assert isinstance(gap.error, InvalidEntry) and "seq gap" in gap.error.message
     assert gap.stored == [] and seqs(store, ALICE) == [1, 2, 3, 4, 5]
-    other_chain = make_feed(ALICE_KEY, 6, text="other")[5]  # seq 6 whose prev is another seq 5
-    wrong_prev = store.ingest(wire([other_chain]))
-    assert wrong_prev.error is not None and "wrong prev" in wrong_prev.error.message
     assert store.ingest(wire(feed[5:])).error is None
     assert seqs(store, ALICE) == list(range(1, 11))
     assert store.head(ALICE) is not None and store.head(ALICE).hash == feed[-1].hash
     assert store.check() == []
+
+
+def test_next_entry_with_another_prev_is_a_fork(store: Store) -> None:
+    """Seq n+1 validly signed by the author but following another seq n: the author signed two entries n."""
+    feed = make_feed(ALICE_KEY, 5)
+    assert store.ingest(wire(feed)).error is None
+    other_chain = make_feed(ALICE_KEY, 6, text="other")[5]  # seq 6 whose prev is another seq 5
+    result = store.ingest(wire([other_chain]))
+    assert isinstance(result.error, ForkDetected) and result.error.reason.startswith("fork:")
+    assert store.forked_feeds() == [ALICE]
+    proofs = store.fork_proofs(ALICE)
+    assert [(seq, header_a, header_b) for seq, header_a, header_b in proofs] == [
+        (5, feed[4].header_bytes, other_chain.header_bytes)]
+    assert seqs(store, ALICE) == [1, 2, 3, 4, 5]
+    assert ALICE not in store.wanted_feeds(2) or ALICE == store.owner
+    problems = store.check()
+    assert len(problems) == 1 and problems[0].what.startswith("forked:")
 
 
 def test_first_entry_must_be_seq_1(store: Store) -> None:

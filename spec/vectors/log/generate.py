@@ -145,6 +145,12 @@ def invalid_cases(chain: list[Entry]) -> list[dict[str, Any]]:
     payload_case("type with capitals", pack({"type": "Post"}))
     payload_case("trailing bytes after the payload", pack({"text": "x", "type": "post"}) + b"\xc0")
     payload_case("profile name over 64 characters", pack({"name": "n" * 65, "type": "profile"}))
+    nested: Any = 1
+    for _ in range(17):
+        nested = [nested]
+    payload_case("unknown type with a float", pack({"type": "x-poll", "weight": 1.5}))
+    payload_case("unknown type with a negative integer", pack({"type": "x-poll", "weight": -1}))
+    payload_case("arrays nested 17 deep", pack({"a": nested, "type": "x-poll"}))
     return cases
 
 
