@@ -3,6 +3,8 @@
 # size limits, locking and closing; the byte-level protocol lives in protocol/ (sans-I/O).
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import nacl.signing
 import nacl.utils
 import trio
@@ -251,19 +253,9 @@ async def client_handshake(
     max_message_size: int = MAX_MESSAGE_SIZE,
 ) -> Connection:
     """Dial side: authenticate to the server whose Ed25519 public key is `server_key`."""
-    try:
-        machine = handshake.ClientHandshake(identity, server_key, nacl.utils.random(32), network_key)
-    except (handshake.HandshakeError, ValueError) as exc:
-        await trio.aclose_forcefully(stream)
-        raise HandshakeFailed(f"invalid: {exc}") from exc
-    result = await _handshake(stream, machine, machine.initiate(), handshake_timeout, "server")
-    return Connection(
-        stream,
-        result,
-        leftover=machine.leftover,
-        idle_timeout=idle_timeout,
-        max_message_size=max_message_size,
-    )
+    return await _open(stream, lambda: handshake.ClientHandshake(identity, server_key, nacl.utils.random(32),
+                                                                 network_key),
+                       "server", handshake_timeout, idle_timeout, max_message_size)
 
 
 async def server_handshake(
@@ -276,16 +268,25 @@ async def server_handshake(
     max_message_size: int = MAX_MESSAGE_SIZE,
 ) -> Connection:
     """Listen side: authenticate whichever client knows the network key; see Connection.remote_key."""
+    return await _open(stream, lambda: handshake.ServerHandshake(identity, nacl.utils.random(32), network_key),
+                       "client", handshake_timeout, idle_timeout, max_message_size)
+
+
+async def _open(
+    stream: trio.abc.Stream,
+    make_machine: Callable[[], handshake.ClientHandshake | handshake.ServerHandshake],
+    who: str,
+    handshake_timeout: float,
+    idle_timeout: float,
+    max_message_size: int,
+) -> Connection:
+    """Run either side's handshake on `stream` and wrap the result in a Connection."""
     try:
-        machine = handshake.ServerHandshake(identity, nacl.utils.random(32), network_key)
+        machine = make_machine()
     except (handshake.HandshakeError, ValueError) as exc:
         await trio.aclose_forcefully(stream)
         raise HandshakeFailed(f"invalid: {exc}") from exc
-    result = await _handshake(stream, machine, b"", handshake_timeout, "client")
-    return Connection(
-        stream,
-        result,
-        leftover=machine.leftover,
-        idle_timeout=idle_timeout,
-        max_message_size=max_message_size,
-    )
+    first = machine.initiate() if isinstance(machine, handshake.ClientHandshake) else b""
+    result = await _handshake(stream, machine, first, handshake_timeout, who)
+    return Connection(stream, result, leftover=machine.leftover, idle_timeout=idle_timeout,
+                      max_message_size=max_message_size)
