@@ -423,8 +423,7 @@ class Node:
             if version == self._data_version:
                 continue
             self._data_version = version
-            authors = self.store.authors_since(self._last_row_id)
-            self._last_row_id = self.store.last_row_id()
+            authors, self._last_row_id = self.store.authors_since(self._last_row_id)
             self._graph_changed()
             for session in list(self.sessions.values()):
                 session.mark(authors)

@@ -493,9 +493,11 @@ class Store:
                 (keep,)).rowcount
         return gone
 
-    def authors_since(self, row_id: int) -> set[bytes]:
-        """Feeds that gained entries after row id `row_id`."""
-        return {r[0] for r in self.db.execute("SELECT DISTINCT author FROM entries WHERE id > ?", (row_id,))}
+    def authors_since(self, row_id: int) -> tuple[set[bytes], int]:
+        """Feeds that gained entries after row id `row_id`, and the last row id seen (one query, so a commit
+        by another process can never fall between the two)."""
+        rows = self.db.execute("SELECT author, max(id) FROM entries WHERE id > ? GROUP BY author", (row_id,)).fetchall()
+        return {author for author, _ in rows}, max((last for _, last in rows), default=row_id)
 
     # ------------------------------------------------------------ check
 

@@ -15,6 +15,7 @@ import nacl.signing
 import pytest
 import trio
 from conftest import run_cli
+from memnodes import chain
 from nodeproc import NodeProcess, init_home
 
 from p2pnode.connection import Connection, TransportError, client_handshake
@@ -23,7 +24,7 @@ from p2pnode.store import Store
 from protocol import wire
 from protocol.handshake import DEFAULT_NETWORK_KEY
 from protocol.ids import feed_id, parse_address, parse_feed_id
-from protocol.log import Entry, create_entry
+from protocol.log import Entry
 
 WAIT_S = 15.0
 _next_key = iter(range(1, 255))
@@ -222,15 +223,6 @@ async def test_unknown_message_type_is_ignored(victim: NodeProcess) -> None:
     await conn.send(wire.encode(wire.Close("test done")))
     await conn.aclose()
     await assert_still_serves(victim)
-
-
-def chain(key: nacl.signing.SigningKey, texts: list[str], start: Entry | None = None) -> list[Entry]:
-    entries: list[Entry] = []
-    previous = start
-    for number, text in enumerate(texts):
-        previous = create_entry(key, previous, {"type": "post", "text": text}, 1_000 + number)
-        entries.append(previous)
-    return entries
 
 
 def as_message(entries: list[Entry]) -> bytes:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import errno
-import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,15 @@ import msgpack
 import nacl.signing
 import trio
 import trio.testing
+from memnodes import Net, chain, wait_until
 
 from p2pnode.connection import Connection, TransportError, client_handshake, server_handshake
-from p2pnode.memnet import MemoryInterface, MemoryNetwork
-from p2pnode.node import Network, Node, NodeConfig
+from p2pnode.memnet import MemoryInterface
+from p2pnode.node import Node
 from p2pnode.store import Store
 from protocol import wire
 from protocol.ids import Address, feed_id
-from protocol.log import FORMAT_VERSION, Entry, Header, create_entry, sha256
+from protocol.log import FORMAT_VERSION, Header, create_entry, sha256
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 RAW_HOST = "10.9.9.9"
@@ -32,42 +32,6 @@ BAD_HOSTS = ["a" * 64 + ".example", "a..b"]
 def raw_key(number: int) -> nacl.signing.SigningKey:
     """Keys for raw peers and authors; Net's nodes use bytes([index + 1]) * 32, which these never equal."""
     return nacl.signing.SigningKey(b"\xee" + number.to_bytes(31, "big"))
-
-
-class Net:
-    """Nodes on one MemoryNetwork, each with its own SQLite file and key; `prepare` fills a store first."""
-
-    def __init__(self, tmp_path: Path, nursery: trio.Nursery) -> None:
-        self.tmp_path = tmp_path
-        self.nursery = nursery
-        self.network = MemoryNetwork()
-        self.nodes: list[Node] = []
-
-    async def add(self, seeds: list[Address] | None = None, *,
-                  prepare: Callable[[nacl.signing.SigningKey, Store], None] | None = None,
-                  wrap: Callable[[MemoryInterface], Network] | None = None, **config: Any) -> Node:
-        index = len(self.nodes)
-        host = f"10.0.0.{index}"
-        key = nacl.signing.SigningKey(bytes([index + 1]) * 32)
-        store = Store(self.tmp_path / f"node{index}.sqlite3", bytes(key.verify_key))
-        if prepare is not None:
-            prepare(key, store)
-        settings = NodeConfig(listen_host=host, listen_port=0, verify_workers=0, **config)
-        interface = self.network.interface(host)
-        node = Node(key, store, settings, wrap(interface) if wrap else interface, random.Random(index))
-        await self.nursery.start(node.run, seeds or [])
-        self.nodes.append(node)
-        return node
-
-    async def serve(self, host: str, handler: Handler) -> tuple[str, int]:
-        """A raw listener on the network (a seed that misbehaves)."""
-        return await self.nursery.start(self.network.interface(host).serve, host, 0, handler)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 class RawPeer:
@@ -138,15 +102,6 @@ def signed(key: nacl.signing.SigningKey, payload: bytes, seq: int = 1,
     """An entry signed correctly over any payload bytes (create_entry only builds valid payloads)."""
     header = Header(FORMAT_VERSION, bytes(key.verify_key), seq, prev, 1_000, sha256(payload), len(payload)).encode()
     return header, key.sign(header).signature, payload
-
-
-def chain(key: nacl.signing.SigningKey, texts: list[str], start: Entry | None = None) -> list[Entry]:
-    entries: list[Entry] = []
-    previous = start
-    for number, text in enumerate(texts):
-        previous = create_entry(key, previous, {"type": "post", "text": text}, 1_000 + number)
-        entries.append(previous)
-    return entries
 
 
 def peer_hosts(node: Node) -> set[str]:

@@ -5,41 +5,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import nacl.signing
 import trio
 import trio.testing
+from memnodes import Net, wait_until
 
-from p2pnode.memnet import MemoryNetwork
-from p2pnode.node import Node, NodeConfig
-from p2pnode.store import Store
-from protocol.ids import Address
-
-
-class Net:
-    """A set of nodes on one MemoryNetwork, each with its own SQLite file and key."""
-
-    def __init__(self, tmp_path: Path, nursery: trio.Nursery) -> None:
-        self.tmp_path = tmp_path
-        self.nursery = nursery
-        self.network = MemoryNetwork()
-        self.nodes: list[Node] = []
-
-    async def add(self, seeds: list[Address] | None = None, **config: object) -> Node:
-        index = len(self.nodes)
-        key = nacl.signing.SigningKey(bytes([index + 1]) * 32)
-        store = Store(self.tmp_path / f"node{index}.sqlite3", bytes(key.verify_key))
-        settings = NodeConfig(listen_host=f"10.0.0.{index}", listen_port=0, verify_workers=0,
-                              **config)  # type: ignore[arg-type]
-        node = Node(key, store, settings, self.network.interface(f"10.0.0.{index}"), random.Random(index))
-        await self.nursery.start(node.run, seeds or [])
-        self.nodes.append(node)
-        return node
-
-
-async def wait_until(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
+from p2pnode.node import Node
 
 
 def seqs(node: Node, author: Node) -> int:
