@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +21,8 @@ from protocol.errors import InvalidId, ProtocolError
 from protocol.ids import entry_ref, feed_id, parse_entry_ref, parse_feed_id
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-LIMIT_OPTION = click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most N entries.")
+LIMIT_OPTION = click.option("--limit", type=click.IntRange(1, 2**63 - 1), default=None,
+                            help="Show at most N entries.")
 
 
 @contextmanager
@@ -36,6 +38,9 @@ def user_errors() -> Iterator[None]:
         raise click.ClickException(exc.reason) from None
     except OSError as exc:
         raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"the store could not be read or written ({exc}); "
+                                   "if it is damaged, 'p2pnode check' tells more") from None
 
 
 @contextmanager
@@ -119,9 +124,7 @@ def whoami(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit(data)
     else:
-        click.echo(data["id"])
-        if "address" in data:
-            click.echo(f"address {data['address']}")
+        click.echo(data["id"])  # one line, so that $(p2pnode whoami) is the id; --json also has the address
 
 
 def publish_and_print(ctx: click.Context, as_json: bool, action: Callable[[Local], StoredEntry | None],
@@ -129,6 +132,8 @@ def publish_and_print(ctx: click.Context, as_json: bool, action: Callable[[Local
     with local(ctx) as node:
         stored = action(node)
     if stored is None:
+        if as_json:
+            emit({"hash": None, "seq": None, "unchanged": True})
         click.echo(unchanged, err=True)
         return
     if as_json:
@@ -263,7 +268,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
             "feeds": counts["feeds"],
             "entries": counts["entries"],
             "forked": [feed_id(a) for a in node.store.forked_feeds()],
-            "following": len(node.store.follows()),
+            "following": len(node.store.follows() - node.store.blocked()),
             "blocking": len(node.store.blocked()),
         }
         running = runtime_info(node.home)
@@ -287,7 +292,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @main.command()
 @click.option("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", show_default=True, metavar="HOST:PORT",
               help="Where to accept peers; port 0 picks a free one.")
-@click.option("--advertise", default=None, metavar="HOST", help="The host others dial (default: the listen host).")
+@click.option("--advertise", default=None, metavar="HOST",
+              help="The host others dial (default: the listen host; 127.0.0.1 when listening on all interfaces).")
 @click.option("--seed", "seed_options", multiple=True, metavar="ADDRESS", help="A peer to start from (repeatable).")
 @click.option("--seeds", "seeds_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A file of seed addresses, one per line (default: <home>/seeds).")
@@ -295,7 +301,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
               help="Also replicate feeds followed by followed feeds, up to this many hops.")
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
+              show_default=True, help="How much the node logs on stderr.")
 @click.pass_context
 def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tuple[str, ...],
         seeds_file: Path | None, hops: int, relay: bool, log_level: str) -> None:

@@ -16,7 +16,7 @@ import nacl.signing
 from protocol.errors import InvalidEntry
 from protocol.ids import entry_ref, feed_id
 
-from .home import RUNTIME_FILE, STORE_FILE, create_identity, load_identity
+from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, create_identity, load_identity
 from .store import Store, StoredEntry
 
 
@@ -75,14 +75,23 @@ class Local:
 
 
 def init_home(home: Path) -> str:
+    if (home / STORE_FILE).exists() and not (home / SECRET_FILE).exists():
+        raise UserError(f"{home} holds a store but no identity: move {home / STORE_FILE} away first, "
+                        "or restore its secret file")
     key = create_identity(home)
     Store(home / STORE_FILE, bytes(key.verify_key)).close()
     return feed_id(bytes(key.verify_key))
 
 
 @contextmanager
-def open_home(home: Path) -> Iterator[Local]:
+def open_home(home: Path, create_store: bool = False) -> Iterator[Local]:
+    """The identity and store of a home. A missing store is created only when asked (`run`, which can
+    fetch the owner's feed back from peers): a post into a new empty store would start the feed again at
+    seq 1 and fork it for good."""
     key = load_identity(home)
+    if not create_store and not (home / STORE_FILE).exists():
+        raise UserError(f"{home} has an identity but no store ({STORE_FILE}): run 'p2pnode run' to fetch your "
+                        "feed back from your peers before anything else")
     store = Store(home / STORE_FILE, bytes(key.verify_key))
     try:
         yield Local(home, key, store)
@@ -142,8 +151,11 @@ def view(stored: StoredEntry, store: Store | None = None) -> dict[str, Any]:
 
 def describe(item: dict[str, Any]) -> str:
     """Two or more human lines for one entry view."""
-    when = datetime.fromtimestamp(item["timestamp"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    who = item["author"] + (f" ({item['author_name']})" if "author_name" in item else "")
+    try:
+        when = datetime.fromtimestamp(item["timestamp"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # an author's clock is theirs: any uint is valid
+        when = f"timestamp {item['timestamp']}"
+    who = item["author"] + (f" ({_printable(item['author_name'])})" if "author_name" in item else "")
     head = f"{item['hash']}  {who}  seq {item['seq']}  {when}"
     kind = item["type"]
     if kind is None:
@@ -158,4 +170,10 @@ def describe(item: dict[str, Any]) -> str:
         body = f"[retracts {item['entry']}]"
     else:
         body = f"[{kind}]"
-    return head + "\n    " + body.replace("\n", "\n    ")
+    return head + "\n    " + _printable(body).replace("\n", "\n    ")
+
+
+def _printable(text: str) -> str:
+    """Text from other people, made safe for a terminal: control characters other than newline (escape
+    sequences could recolour, move the cursor or retitle the window) are shown escaped."""
+    return "".join(c if c in "\n\t" or c.isprintable() else repr(c)[1:-1] for c in text)

@@ -169,8 +169,9 @@ class Session:
                     nursery.start_soon(self._guard, self._pinger)
                     nursery.start_soon(self._guard, self._converse)
         finally:
-            reason = self.closing or "closed"
-            log.info("peer %s disconnected: %s", feed_id(self.key)[:12], reason)
+            reason = self.closing or "shutdown: node stopping"
+            if self.hello is not None:  # a probe (close before hello) was never a session
+                log.info("peer %s disconnected: %s", feed_id(self.key)[:12], reason)
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 if not reason.startswith(("peer closed", "send failed")):
@@ -194,8 +195,8 @@ class Session:
 
     async def _converse(self) -> None:
         node = self.node
-        await self.send(wire.Hello(wire.PROTOCOL_VERSION, ("want-all",) if node.config.relay else (),
-                                   str(node.address) if node.address else None, node.config.relay))
+        await self.send(wire.Hello(wire.PROTOCOL_VERSION, (), str(node.address) if node.address else None,
+                                   node.config.relay))
         for message in node.want_messages():
             await self.send(message)
         await self._send_peers()
@@ -363,7 +364,7 @@ class Node:
         self._last_row_id = self.store.last_row_id()
         self._data_version = self.store.data_version()
         for seed in seeds or []:
-            if seed.key != self.owner:
+            if seed.key != self.owner and seed.key not in self.blocked:
                 self.store.add_peer(str(seed), seed.key, "seed")
         self.verifier = Verifier(self.config.verify_workers)
         try:
@@ -485,10 +486,6 @@ class Node:
     async def store_entries(self, session: Session, entries: list[Entry], error: ProtocolError | None) -> None:
         """Store a verified batch from a peer and push it on. `error`: the batch's first invalid entry,
         which ends the session with its reason (the verified entries before it are kept)."""
-        blocked = {e.author for e in entries} & self.blocked
-        if blocked:
-            entries = [e for e in entries if e.author not in blocked]
-            await session.send(wire.Want({}, tuple(blocked), self.config.relay))
         result: IngestResult = self.store.ingest_verified(entries)
         session.received_entries += len(result.stored)
         for entry in result.stored:
@@ -501,11 +498,15 @@ class Node:
         if isinstance(result.error, ForkDetected):
             # not the peer's fault: it holds the other branch. Stop fetching the feed; ask again for the
             # other feeds of the batch that were discarded after the fork
-            log.warning("feed %s is forked (seen from peer %s): no longer fetched", feed_id(result.forked[0])[:12]
-                        if result.forked else "?", feed_id(session.key)[:12])
+            forked = set(self.store.forked_feeds())
+            log.warning("%s (seen from peer %s); forked feeds are no longer fetched", result.error.message,
+                        feed_id(session.key)[:12])
+            if self.owner in forked:
+                log.error("this node's own feed is forked: it signed two entries at the same seq (was the store "
+                          "lost and posted to before the feed came back from peers?); it cannot post any more")
             self._graph_changed()
             stored = {e.hash for e in result.stored}
-            rest = {e.author for e in entries if e.hash not in stored} - self.forked - self.blocked
+            rest = {e.author for e in entries if e.hash not in stored} - forked - self.blocked
             if rest:
                 for message in _want_chunks(self.store.clock(rest), [], self.config.relay):
                     await session.send(message)
@@ -608,7 +609,7 @@ class Node:
             await trio.sleep(self.config.dial_interval)
 
     def _backoff(self, address: str, failed: bool) -> None:
-        failures = self.store.peer_failures(address) + (1 if failed else 0)
+        failures = self.store.peer_failures(address) + 1 if failed else 0
         delay = min(self.config.backoff_base * 2 ** min(failures, 20), self.config.backoff_max)
         delay *= self.rng.uniform(0.5, 1.5)
         self.next_dial[address] = trio.current_time() + delay
@@ -644,7 +645,6 @@ class Node:
     async def _run_session(self, session: Session) -> None:
         if session.key in self.blocked:
             session.close(f"blocked: {feed_id(session.key)} is blocked by this node")
-        log.info("peer %s connected (%s)", feed_id(session.key)[:12], "outbound" if session.outbound else "inbound")
         try:
             await session.run()
         finally:
@@ -663,6 +663,7 @@ class Node:
                 return False
             existing.close("duplicate: replaced by a newer connection")
         self.sessions[session.key] = session
+        log.info("peer %s connected (%s)", feed_id(session.key)[:12], "outbound" if session.outbound else "inbound")
         self._notify()
         return True
 

@@ -88,6 +88,13 @@ MIGRATIONS: list[tuple[int, str]] = [
             failures     INTEGER NOT NULL DEFAULT 0
         );
     """),
+    # following and blocking each follow their own latest entry: a late payload of an old follow must not
+    # be overruled by a newer block's seq (and the other way round)
+    (3, """
+        ALTER TABLE contacts RENAME COLUMN seq TO follow_seq;
+        ALTER TABLE contacts ADD COLUMN block_seq INTEGER NOT NULL DEFAULT 0;
+        UPDATE contacts SET block_seq = follow_seq;
+    """),
 ]
 
 BUSY_TIMEOUT_S = 30.0
@@ -297,12 +304,14 @@ class Store:
         kind = content["type"]
         author = entry.author
         if kind in CONTACT_TYPES:
-            column = "following" if kind in ("follow", "unfollow") else "blocking"
+            column, seq_column, other_seq = (("following", "follow_seq", "block_seq")
+                                             if kind in ("follow", "unfollow")
+                                             else ("blocking", "block_seq", "follow_seq"))
             value = 1 if kind in ("follow", "block") else 0
             self.db.execute(
-                f"INSERT INTO contacts(author, target, {column}, seq) VALUES (?, ?, ?, ?) "
-                f"ON CONFLICT(author, target) DO UPDATE SET {column} = excluded.{column}, seq = excluded.seq "
-                "WHERE excluded.seq >= contacts.seq",
+                f"INSERT INTO contacts(author, target, {column}, {seq_column}, {other_seq}) VALUES (?, ?, ?, ?, 0) "
+                f"ON CONFLICT(author, target) DO UPDATE SET {column} = excluded.{column}, "
+                f"{seq_column} = excluded.{seq_column} WHERE excluded.{seq_column} >= contacts.{seq_column}",
                 (author, content["feed"], value, entry.seq))
             if kind == "block" and author == self.owner and content["feed"] != self.owner:
                 self._purge_feed(content["feed"])
@@ -324,6 +333,7 @@ class Store:
         for table in ("entries", "feeds", "forks", "profiles"):
             self.db.execute(f"DELETE FROM {table} WHERE author = ?", (author,))
         self.db.execute("DELETE FROM contacts WHERE author = ?", (author,))
+        self.db.execute("DELETE FROM peers WHERE key = ?", (author,))
 
     def publish(self, signing_key: nacl.signing.SigningKey, payload: dict[str, Any],
                 timestamp: int | None = None) -> Entry:

@@ -483,3 +483,59 @@ def test_damaged_key_file_is_refused(home: Path, content: bytes) -> None:
     assert_rejected(home, "init", match="already has an identity")
     assert secret.read_bytes() == content
 
+
+
+# ---------------------------------------------------------------- the second review's findings
+
+
+def test_a_home_whose_store_is_lost_refuses_to_post(home: Path) -> None:
+    """Posting into a new empty store would restart the feed at seq 1 and fork it for good."""
+    init(home)
+    ok(home, "post", "the first post")
+    for path in home.glob("store.sqlite3*"):
+        path.unlink()
+    for args in (["post", "again"], ["feed"], ["whoami"]):
+        assert_rejected(home, *args, match="no store.*p2pnode run")
+    assert not (home / "store.sqlite3").exists()
+
+
+def test_init_refuses_a_store_without_its_secret(home: Path) -> None:
+    init(home)
+    ok(home, "post", "kept")
+    (home / "secret").unlink()
+    assert_rejected(home, "init", match="store but no identity")
+
+
+def test_foreign_text_cannot_reach_the_terminal_raw(home: Path) -> None:
+    owner = init(home)
+    ingest_foreign(home, owner, 31, ["red \x1b[31malert\x1b[0m\x07 bell"], 2**53 - 1)
+    ok(home, "follow", other_id(31))
+    out = ok(home, "timeline")
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[31malert" in out
+    assert f"timestamp {2**53 - 1}" in out  # a far-future clock is shown, not a traceback
+
+
+def test_a_huge_limit_is_one_line(home: Path) -> None:
+    init(home)
+    assert_rejected(home, "feed", "--limit", str(10**20))
+    assert ok(home, "feed", "--limit", str(2**63 - 1)) == ""
+
+
+def test_a_damaged_store_is_one_line(home: Path) -> None:
+    init(home)
+    for i in range(4):
+        ok(home, "post", f"post {i} " + "x" * 300)
+    ingest_foreign(home, ok_json(home, "whoami")["id"], 33, [f"entry {i} " + "y" * 300 for i in range(300)], 1_000)
+    with open(home / "store.sqlite3", "r+b") as handle:
+        handle.seek(8192)
+        handle.write(bytes(4096))
+    for args in (["check"], ["post", "y"]):
+        result = run_cli(home, *args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_unchanged_contact_with_json_prints_json(home: Path) -> None:
+    init(home)
+    assert ok_json(home, "unfollow", other_id(5)) == {"hash": None, "seq": None, "unchanged": True}

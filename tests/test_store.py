@@ -22,6 +22,7 @@ import pytest
 
 from p2pnode.store import MIGRATIONS, Store, StoreError
 from protocol.errors import ForkDetected, InvalidEntry
+from protocol.ids import feed_id
 from protocol.log import Entry, create_entry
 
 OWNER_KEY = nacl.signing.SigningKey(b"\x10" * 32)
@@ -236,6 +237,29 @@ def test_timeline_own_and_followed_newest_first_blocked_excluded(store: Store) -
     store.publish(OWNER_KEY, {"type": "unfollow", "feed": ALICE}, timestamp=2_800)
     store.publish(OWNER_KEY, {"type": "block", "feed": BOB}, timestamp=2_900)
     assert {s.entry.author for s in store.timeline()} == {OWNER}
+
+
+def test_follow_whose_payload_arrives_late_still_counts(store: Store) -> None:
+    """Following and blocking each follow their own latest entry: a follow's payload that arrives after a
+    later block of the same feed still makes the author follow it (spec/log.md: the latest follow decides)."""
+    entries: list[Entry] = []
+    append(entries, ALICE_KEY, {"type": "follow", "feed": BOB}, 1_000)
+    append(entries, ALICE_KEY, {"type": "block", "feed": BOB}, 2_000)
+    assert store.ingest(wire(entries[:1], with_payload=False)).error is None
+    assert store.ingest(wire(entries[1:])).error is None
+    assert BOB not in store.follows(ALICE)
+    late = store.ingest(wire(entries[:1]))  # the follow again, now with its payload
+    assert late.error is None and late.duplicates == 1
+    assert store.follows(ALICE) == {BOB}
+    append(entries, ALICE_KEY, {"type": "unfollow", "feed": BOB}, 3_000)
+    assert store.ingest(wire(entries[2:])).error is None
+    assert store.follows(ALICE) == set()
+
+
+def test_blocking_forgets_the_feeds_peer_addresses(store: Store) -> None:
+    store.add_peer(f"127.0.0.1:9/{feed_id(BOB)}", BOB, "seed")
+    store.publish(OWNER_KEY, {"type": "block", "feed": BOB})
+    assert store.peer_book() == []
 
 
 def test_clock(store: Store) -> None:
