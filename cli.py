@@ -13,7 +13,17 @@ from typing import Any
 import click
 
 from p2pnode.home import HomeError, default_home
-from p2pnode.local import Local, UserError, check_text, describe, init_home, open_home, runtime_info, view
+from p2pnode.local import (
+    Local,
+    UserError,
+    check_text,
+    describe,
+    identity_id,
+    init_home,
+    open_home,
+    runtime_info,
+    view,
+)
 from p2pnode.node import DEFAULT_PORT, NodeConfig
 from p2pnode.runner import ConfigError, collect_seeds, parse_listen, run_node, setup_logging
 from p2pnode.store import StoredEntry, StoreError
@@ -115,12 +125,13 @@ def init(ctx: click.Context, as_json: bool) -> None:
 @JSON_OPTION
 @click.pass_context
 def whoami(ctx: click.Context, as_json: bool) -> None:
-    """Show this node's feed id (and its address while it runs)."""
-    with local(ctx) as node:
-        data: dict[str, Any] = {"id": node.id}
-        running = runtime_info(node.home)
-        if running and running.get("address"):
-            data["address"] = running["address"]
+    """Show this node's feed id (and with --json its address while it runs)."""
+    home = ctx.obj["home"]
+    with user_errors():
+        data: dict[str, Any] = {"id": identity_id(home)}  # needs the key only, not the store
+    running = runtime_info(home)
+    if running and running.get("address"):
+        data["address"] = running["address"]
     if as_json:
         emit(data)
     else:

@@ -83,6 +83,11 @@ def init_home(home: Path) -> str:
     return feed_id(bytes(key.verify_key))
 
 
+def identity_id(home: Path) -> str:
+    """The feed id of a home's identity."""
+    return feed_id(bytes(load_identity(home).verify_key))
+
+
 @contextmanager
 def open_home(home: Path, create_store: bool = False) -> Iterator[Local]:
     """The identity and store of a home. A missing store is created only when asked (`run`, which can

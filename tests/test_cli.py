@@ -494,9 +494,10 @@ def test_a_home_whose_store_is_lost_refuses_to_post(home: Path) -> None:
     ok(home, "post", "the first post")
     for path in home.glob("store.sqlite3*"):
         path.unlink()
-    for args in (["post", "again"], ["feed"], ["whoami"]):
+    for args in (["post", "again"], ["feed"], ["follow", other_id(3)]):
         assert_rejected(home, *args, match="no store.*p2pnode run")
     assert not (home / "store.sqlite3").exists()
+    assert ok(home, "whoami").strip().startswith("@")  # the identity is intact; run.sh relies on this
 
 
 def test_init_refuses_a_store_without_its_secret(home: Path) -> None:

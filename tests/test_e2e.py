@@ -96,3 +96,32 @@ def test_forged_entry_disconnects_and_stores_nothing(tmp_path: Path) -> None:
         assert "invalid entry" in victim.log_text()
     finally:
         assert victim.stop() == 0
+
+
+def test_a_lost_store_comes_back_from_peers(tmp_path: Path) -> None:
+    """The user loses the store but keeps the key: `run` fetches the feed back, and posting goes on at the
+    next seq instead of forking the feed."""
+    a_home, b_home = tmp_path / "a", tmp_path / "b"
+    a_id, _ = init_home(a_home), init_home(b_home)
+    for i in range(3):
+        assert run_cli(a_home, "post", f"kept {i}").returncode == 0
+    assert run_cli(b_home, "follow", a_id).returncode == 0
+    a = NodeProcess(a_home)
+    b = NodeProcess(b_home, "--seed", a.address)
+    try:
+        wait_for(lambda: len(feed_entries(b_home, a_id)) == 3, SYNC_TIMEOUT_S, "B to get A's posts")
+        assert a.stop() == 0
+        for path in a_home.glob("store.sqlite3*"):
+            path.unlink()
+        refused = run_cli(a_home, "post", "too early")
+        assert refused.returncode != 0 and "p2pnode run" in refused.stderr
+        a = NodeProcess(a_home, "--seed", b.address)
+        wait_for(lambda: len(feed_entries(a_home, a_id)) == 3, SYNC_TIMEOUT_S, "A to get its own feed back")
+        posted = run_cli(a_home, "post", "after the restore", "--json")
+        assert posted.returncode == 0, posted.stderr
+        assert json.loads(posted.stdout)["seq"] == 4
+        wait_for(lambda: len(feed_entries(b_home, a_id)) == 4, SYNC_TIMEOUT_S, "B to get the new post")
+        assert json.loads(run_cli(b_home, "status", "--json").stdout)["forked"] == []
+    finally:
+        a.stop()
+        assert b.stop() == 0
