@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -376,10 +377,10 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             host, port = await nursery.start(self.network.serve, self.config.listen_host,
-                                             self.config.listen_port, self._accept)
+                                             self.config.listen_port, self._accept_contained)
             self.address = Address(self._advertised_host(host), port, self.owner)
-            nursery.start_soon(self._dial_loop)
-            nursery.start_soon(self._watch_store)
+            nursery.start_soon(self._survive, self._dial_loop)
+            nursery.start_soon(self._survive, self._watch_store)
             task_status.started(self.address)
 
     def _advertised_host(self, bound_host: str) -> str:
@@ -542,7 +543,7 @@ class Node:
                     and text not in self.store.working_peers(self.config.peer_book_size)):
                 self.probing.add(text)
                 assert self._nursery is not None
-                self._nursery.start_soon(self._probe, address)
+                self._nursery.start_soon(self._contained, self._probe, address)
 
     async def _probe(self, address: Address) -> None:
         """Check that a peer's announced address answers with its key, so that it may be shared: dial,
@@ -568,6 +569,26 @@ class Node:
             return
         if address.key != self.owner and address.key not in self.blocked:
             self.store.add_peer(str(address), address.key, source)
+
+    async def _contained(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a task about one peer or address; a bug in it is logged and ends that task only."""
+        try:
+            await task(*args)
+        except Exception:
+            log.exception("error in %s; the node goes on", task.__name__)
+
+    async def _survive(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the node's own loops; a store that stays locked or busy past the busy timeout is
+        logged and the loop starts again a little later, instead of stopping the node."""
+        while True:
+            try:
+                await loop()
+            except sqlite3.OperationalError as exc:
+                log.warning("store busy in %s (%s); trying again", loop.__name__, exc)
+                await trio.sleep(1.0)
+
+    async def _accept_contained(self, stream: trio.abc.Stream) -> None:
+        await self._contained(self._accept, stream)
 
     async def _accept(self, stream: trio.abc.Stream) -> None:
         if self.inbound >= self.config.max_inbound:
@@ -605,7 +626,7 @@ class Node:
                     outbound += 1
                     self.dialing.add(address)
                     assert self._nursery is not None
-                    self._nursery.start_soon(self._dial, address, key)
+                    self._nursery.start_soon(self._contained, self._dial, address, key)
             await trio.sleep(self.config.dial_interval)
 
     def _backoff(self, address: str, failed: bool) -> None:
