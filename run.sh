@@ -7,5 +7,6 @@ if [ ! -x .venv/bin/p2pnode ]; then
   python3 -m venv .venv
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
 fi
-.venv/bin/p2pnode whoami >/dev/null 2>&1 || .venv/bin/p2pnode init
+# first run: create the identity; any other problem with the home is reported by `run` itself, in one line
+.venv/bin/p2pnode whoami >/dev/null 2>&1 || .venv/bin/p2pnode init 2>/dev/null || true
 exec .venv/bin/p2pnode run "$@"
