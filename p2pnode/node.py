@@ -14,7 +14,7 @@ import nacl.signing
 import trio
 
 from protocol import wire
-from protocol.errors import ForkDetected, ProtocolError
+from protocol.errors import Blocked, ForkDetected, ProtocolError
 from protocol.handshake import DEFAULT_NETWORK_KEY
 from protocol.ids import Address, feed_id, parse_address
 from protocol.log import CONTACT_TYPES, Entry
@@ -496,11 +496,12 @@ class Node:
         self._entries_stored(result.stored, session)
         if any(_is_contact(e) for e in result.stored) or result.purged_feeds:
             self._graph_changed()
-        if isinstance(result.error, ForkDetected):
-            # not the peer's fault: it holds the other branch. Stop fetching the feed; ask again for the
-            # other feeds of the batch that were discarded after the fork
+        if isinstance(result.error, ForkDetected | Blocked):
+            # not the peer's fault: it holds the other branch of a fork, or sent a feed our owner blocked
+            # after the batch left it. Stop fetching that feed; ask again for the other feeds of the batch
+            # that were discarded after it
             forked = set(self.store.forked_feeds())
-            log.warning("%s (seen from peer %s); forked feeds are no longer fetched", result.error.message,
+            log.warning("%s (seen from peer %s); such feeds are no longer fetched", result.error.reason,
                         feed_id(session.key)[:12])
             if self.owner in forked:
                 log.error("this node's own feed is forked: it signed two entries at the same seq (was the store "

@@ -12,7 +12,7 @@ from typing import Any
 
 import nacl.signing
 
-from protocol.errors import ForkDetected, InvalidEntry, ProtocolError
+from protocol.errors import Blocked, ForkDetected, InvalidEntry, ProtocolError
 from protocol.ids import entry_ref, feed_id
 from protocol.log import (
     CONTACT_TYPES,
@@ -223,7 +223,7 @@ class Store:
                 entry = item if isinstance(item, Entry) else verify_entry(*item)
                 author = entry.author
                 if author in blocked:
-                    raise _Blocked(f"feed {_short(author)} is blocked")
+                    raise Blocked(f"feed {_short(author)} is blocked")
                 if author not in heads:
                     row = self.db.execute("SELECT head_seq, head_hash, forked FROM feeds WHERE author = ?",
                                           (author,)).fetchone()
@@ -550,10 +550,6 @@ class Store:
                     previous = FeedHead(author, seq, stored_hash)
                 continue
             previous = FeedHead(author, entry.seq, entry.hash)
-
-
-class _Blocked(ProtocolError):
-    prefix = "blocked"
 
 
 _ENTRY_COLUMNS = "id, header, signature, payload, hash, retracted"

@@ -29,6 +29,12 @@ class TooLarge(InvalidEntry):
     prefix = "too-large"
 
 
+class Blocked(InvalidEntry):
+    """An entry of a feed that this node's owner blocks: not stored (spec/log.md, "Ingesting a batch")."""
+
+    prefix = "blocked"
+
+
 class ForkDetected(InvalidEntry):
     """A second validly signed entry for a (author, seq) that already has a different entry."""
 
