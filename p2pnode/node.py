@@ -17,7 +17,7 @@ from protocol import wire
 from protocol.errors import Blocked, ForkDetected, ProtocolError
 from protocol.handshake import DEFAULT_NETWORK_KEY
 from protocol.ids import Address, feed_id, parse_address
-from protocol.log import CONTACT_TYPES, Entry
+from protocol.log import CONTACT_TYPES, Entry, peek_author
 
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
 from .store import IngestResult, Store
@@ -478,7 +478,7 @@ class Node:
         """The entries of a batch whose feeds this node wants; the others are dropped unread."""
         keep = []
         for item in message.raw:
-            author = _author_of(item[0])
+            author = peek_author(item[0])
             if author is None or author in self.wanted or (
                     self.config.relay and author not in self.blocked and author not in self.forked):
                 keep.append(item)
@@ -711,14 +711,6 @@ def _want_chunks(feeds: dict[bytes, int], drop: list[bytes], relay: bool) -> lis
     count = max(1, -(-len(items) // limit), -(-len(drop) // limit))
     return [wire.Want(dict(items[i * limit:(i + 1) * limit]), tuple(drop[i * limit:(i + 1) * limit]), relay)
             for i in range(count)]
-
-
-def _author_of(header: bytes) -> bytes | None:
-    # the author key sits at a fixed place in a well-formed header (array, version, bin8 32): peek at it to
-    # filter unwanted feeds before verifying; anything else is left to full validation in the store
-    if len(header) > 36 and header[0] == 0x97 and header[2:4] == b"\xc4\x20":
-        return header[4:36]
-    return None
 
 
 def _is_contact(entry: Entry) -> bool:

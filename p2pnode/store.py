@@ -382,11 +382,6 @@ class Store:
         return self.db.execute("SELECT seq, header, signature, payload FROM entries WHERE author = ? AND seq > ? "
                                "ORDER BY seq LIMIT ?", (author, seq, limit)).fetchall()
 
-    def entries_after(self, author: bytes, seq: int, limit: int) -> list[StoredEntry]:
-        """Entries of one feed with seq > `seq`, in order."""
-        return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author = ? AND seq > ? "
-                          "ORDER BY seq LIMIT ?", (author, seq, limit))
-
     def feed(self, author: bytes, limit: int | None = None) -> list[StoredEntry]:
         """A feed's entries, newest first."""
         return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author = ? ORDER BY seq DESC LIMIT ?",
@@ -404,11 +399,6 @@ class Store:
     def entry_by_hash(self, entry_hash_: bytes) -> StoredEntry | None:
         rows = self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE hash = ?", (entry_hash_,))
         return rows[0] if rows else None
-
-    def entries_since(self, row_id: int, limit: int) -> list[StoredEntry]:
-        """Entries stored after the row id `row_id`, in storage order: what a running node pushes."""
-        return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id > ? ORDER BY id LIMIT ?",
-                          (row_id, limit))
 
     def last_row_id(self) -> int:
         return self.db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
