@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
+from p2pnode import backup, mutes, present, statusview
 from p2pnode.home import HomeError, default_home
 from p2pnode.local import (
     Local,
     UserError,
     check_text,
-    describe,
     identity_id,
     init_home,
     open_home,
@@ -25,14 +27,53 @@ from p2pnode.local import (
     view,
 )
 from p2pnode.node import DEFAULT_PORT, NodeConfig
+from p2pnode.render import terminal_text
 from p2pnode.runner import ConfigError, collect_seeds, parse_listen, run_node, setup_logging
 from p2pnode.store import StoredEntry, StoreError
+from p2pnode.terminal import entry_lines, is_terminal, output, terminal_width
 from protocol.errors import InvalidId, ProtocolError
-from protocol.ids import entry_ref, feed_id, parse_entry_ref, parse_feed_id
+from protocol.ids import entry_ref, feed_id
 
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-LIMIT_OPTION = click.option("--limit", type=click.IntRange(1, 2**63 - 1), default=None,
-                            help="Show at most N entries.")
+DEFAULT_LIMIT = 20
+
+
+def _global_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """--json may come before the subcommand (p2pnode --json status) or after it."""
+    return bool(value or (ctx.obj or {}).get("json"))
+
+
+def _home_after(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.obj["home"] = value
+
+
+HOME_AFTER = click.Option(["--home"], type=click.Path(file_okay=False, path_type=Path), default=None,
+                          expose_value=False, callback=_home_after, is_eager=True,
+                          help="The node's home directory (as p2pnode --home).")
+
+
+class PositiveInt(click.ParamType):
+    """A count of at least 1 (and at most 2**63 - 1, what SQLite takes), shown in help as N."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        if not 1 <= number <= 2**63 - 1:
+            self.fail(f"{value} is out of range: give a number from 1 up", param, ctx)
+        return number
+
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, callback=_global_json,
+                           help="Print JSON instead of text.")
+LIMIT_OPTION = click.option("--limit", type=PositiveInt(), default=None,
+                            help=f"Show at most N entries (text: {DEFAULT_LIMIT} unless --all; JSON: all).")
+ALL_OPTION = click.option("--all", "show_all", is_flag=True, help="Show every entry.")
+FULL_OPTION = click.option("--full", is_flag=True, help="Show whole ids and hashes, seqs and exact times.")
+PAGER_OPTION = click.option("--no-pager", is_flag=True, help="Never page the output (default: page on a terminal).")
 
 
 @contextmanager
@@ -40,6 +81,8 @@ def user_errors() -> Iterator[None]:
     """Turn every error that is the user's or the input's into one clear line."""
     try:
         yield
+    except BrokenPipeError:
+        raise
     except (HomeError, StoreError, UserError) as exc:
         raise click.ClickException(str(exc)) from None
     except InvalidId as exc:
@@ -63,25 +106,64 @@ def emit(data: dict[str, Any]) -> None:
     click.echo(json.dumps(data, ensure_ascii=False))
 
 
-def print_entries(items: list[StoredEntry], node: Local, as_json: bool) -> None:
-    for stored in items:
-        item = view(stored, node.store)
-        click.echo(json.dumps(item, ensure_ascii=False) if as_json else describe(item))
+def say(message: str) -> None:
+    """A note for the person (stderr), e.g. that a result is empty: stdout stays clean for scripts."""
+    click.echo(message, err=True)
 
 
-def feed_arg(text: str) -> bytes:
+def print_entries(items: Iterable[StoredEntry], node: Local, as_json: bool, full: bool = False,
+                  page: bool = True, thread: bool = False) -> int:
+    """Entries as JSON lines, or as safe text through the pager on a terminal; how many were printed."""
+    count = 0
+    if as_json:
+        for stored in items:
+            emit(view(stored, node.store))
+            count += 1
+        return count
+    names = present.Names(node.store, full)
+    width = terminal_width()
+    with output(page) as write:
+        for shown in present.render_entries(items, names):
+            for line in entry_lines(shown, width):
+                write(line)
+            count += 1
+    return count
+
+
+def limit_of(limit: int | None, show_all: bool, as_json: bool) -> int | None:
+    if show_all:
+        return None
+    return limit if limit is not None or as_json else DEFAULT_LIMIT
+
+
+def feed_of(node: Local, text: str) -> bytes:
     with user_errors():
-        return parse_feed_id(text)
+        return present.resolve_feed(node.store, text)[0]
 
 
-def hash_arg(text: str) -> bytes:
+def hash_of(node: Local, text: str) -> bytes:
     with user_errors():
-        return parse_entry_ref(text)
+        return present.resolve_entry(node.store, text)
 
 
 class OneLineErrors(click.Group):
     """A click group whose usage errors are one line on stderr (with the command's name), like every
-    other error of this CLI, instead of click's usage block."""
+    other error of this CLI, instead of click's usage block. Every subcommand also takes --home after its
+    name; a closed pipe (`p2pnode feed | head`) ends quietly with exit 0."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not any(p.name == "home" for p in command.params):
+            command.params.append(HOME_AFTER)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return result
+        except BrokenPipeError:
+            _quiet_exit()
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -99,26 +181,80 @@ class OneLineErrors(click.Group):
             sys.exit(1)
 
 
+def _quiet_exit() -> None:
+    """The reader went away: say nothing more (not even at interpreter exit) and exit 0."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(0)
+
+
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="P2PNODE_HOME",
-              default=None, help="The node's home directory (env P2PNODE_HOME; default: the user data dir).")
+              default=None, help="The node's home directory (env P2PNODE_HOME; default: the user data dir). "
+                                 "May also come after the command.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text (also after the command).")
+@click.version_option(package_name="p2pnode", prog_name="p2pnode", message="%(prog)s %(version)s")
 @click.pass_context
-def main(ctx: click.Context, home: Path | None) -> None:
-    """p2pnode: a peer-to-peer, censorship-resistant posting node."""
-    ctx.obj = {"home": home if home is not None else default_home()}
+def main(ctx: click.Context, home: Path | None, as_json: bool) -> None:
+    """p2pnode: a peer-to-peer, censorship-resistant posting node.
+
+    Start with 'p2pnode init', then back up your identity with 'p2pnode export-key'."""
+    ctx.obj = {"home": home if home is not None else default_home(), "json": as_json}
 
 
 @main.command()
+@click.option("--import", "restore", is_flag=True,
+              help="Restore an identity from its backup words (read from standard input; see export-key).")
 @JSON_OPTION
 @click.pass_context
-def init(ctx: click.Context, as_json: bool) -> None:
-    """Create this node's identity (an Ed25519 key pair) and its store."""
+def init(ctx: click.Context, restore: bool, as_json: bool) -> None:
+    """Create this node's identity (an Ed25519 key pair) and its store, or restore a backed-up identity."""
+    home = ctx.obj["home"]
+    if restore:
+        text = (click.prompt("Your backup words", hide_input=True, err=True) if is_terminal(sys.stdin)
+                else sys.stdin.read())
+        with user_errors():
+            identity, has_store = backup.import_identity(home, backup.seed_from_words(text))
+        if as_json:
+            emit({"id": identity, "restored": True})
+        else:
+            click.echo(f"restored identity {identity} in {home}")
+        if not has_store:
+            say("next: 'p2pnode run --seed ADDRESS' (or with your seeds file) fetches your feed back from your "
+                "peers; post only after that, or your feed forks")
+        return
     with user_errors():
-        identity = init_home(ctx.obj["home"])
+        identity = init_home(home)
     if as_json:
         emit({"id": identity})
     else:
-        click.echo(f"created identity {identity} in {ctx.obj['home']}")
+        click.echo(f"created identity {identity} in {home}")
+        say("back it up now: 'p2pnode export-key' (losing the secret file loses your feed for good)")
+
+
+@main.command(name="export-key")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the words to this new file (mode 0600) instead of printing them.")
+@JSON_OPTION
+@click.pass_context
+def export_key(ctx: click.Context, path: Path | None, as_json: bool) -> None:
+    """Back up your identity: the secret key as 24 words with a checksum. 'p2pnode init --import'
+    restores it on any machine. Anyone with the words can post as you."""
+    with user_errors():
+        identity, words = backup.seed_words(ctx.obj["home"])
+        say(f"warning: {backup.WARNING}")
+        if path is not None:
+            backup.write_words(path, words)
+    if path is not None:
+        say(f"wrote the backup words of {identity} to {path} (mode 0600)")
+    elif as_json:
+        emit({"id": identity, "words": words})
+    else:
+        click.echo(words)
 
 
 @main.command()
@@ -155,7 +291,7 @@ def publish_and_print(ctx: click.Context, as_json: bool, action: Callable[[Local
 
 def read_text(text: str) -> str:
     if text == "-":
-        text = sys.stdin.read()
+        text = sys.stdin.read().rstrip("\r\n")  # `echo hi | p2pnode post -` posts "hi", not "hi\n"
     with user_errors():
         return check_text(text)
 
@@ -176,10 +312,13 @@ def post(ctx: click.Context, text: str, as_json: bool) -> None:
 @JSON_OPTION
 @click.pass_context
 def reply(ctx: click.Context, parent: str, text: str, as_json: bool) -> None:
-    """Publish a post that replies to the entry HASH. TEXT '-' reads standard input."""
-    parent_hash = hash_arg(parent)
+    """Publish a post that replies to the entry HASH (a unique prefix will do). TEXT '-' reads standard input."""
     body = read_text(text)
-    publish_and_print(ctx, as_json, lambda node: node.reply(parent_hash, body))
+    publish_and_print(ctx, as_json, lambda node: node.reply(hash_of(node, parent), body))
+
+
+PUBLIC_NOTE = ("This publishes a public entry in your feed: everyone who gets your feed sees it. "
+               "'p2pnode mute ID' hides a feed privately instead.")
 
 
 def contact_command(kind: str, doc: str) -> None:
@@ -187,20 +326,72 @@ def contact_command(kind: str, doc: str) -> None:
     @JSON_OPTION
     @click.pass_context
     def command(ctx: click.Context, feed: str, as_json: bool) -> None:
-        target = feed_arg(feed)
         state = {"follow": "already following", "unfollow": "not following",
                  "block": "already blocking", "unblock": "not blocking"}[kind]
-        publish_and_print(ctx, as_json, lambda node: node.set_contact(target, kind),
-                          unchanged=f"{state} {feed}; nothing written")
+
+        def act(node: Local) -> StoredEntry | None:
+            with user_errors():
+                target, address = present.resolve_feed(node.store, feed)
+            if address is not None and kind == "follow" and target != node.owner:
+                node.store.add_peer(address, target, "seed")  # the node dials it to fetch the feed
+            return node.set_contact(target, kind)
+
+        publish_and_print(ctx, as_json, act, unchanged=f"{state} {terminal_text(feed)}; nothing written")
 
     command.__doc__ = doc
     main.command(name=kind)(command)
 
 
-contact_command("follow", "Follow the feed ID: replicate it and show it in the timeline.")
-contact_command("unfollow", "Stop following the feed ID.")
-contact_command("block", "Block the feed ID: never fetch, store, serve or show it; purge what is held.")
-contact_command("unblock", "Unblock the feed ID.")
+contact_command("follow", "Follow the feed ID (or an address HOST:PORT/@ID, which the node then dials): "
+                          "replicate it and show it in the timeline.\n\n" + PUBLIC_NOTE)
+contact_command("unfollow", "Stop following the feed ID.\n\n" + PUBLIC_NOTE)
+contact_command("block", "Block the feed ID (or an address): never fetch, store, serve or show it; purge what "
+                         "is held.\n\n" + PUBLIC_NOTE.replace("instead", "without telling anyone"))
+contact_command("unblock", "Unblock the feed ID.\n\n" + PUBLIC_NOTE.replace("instead", "without telling anyone"))
+
+
+@main.command()
+@click.argument("feed", metavar="[ID]", required=False)
+@JSON_OPTION
+@click.pass_context
+def mute(ctx: click.Context, feed: str | None, as_json: bool) -> None:
+    """Hide the feed ID from your timeline and threads, privately: nothing is published and replication
+    does not change (it is kept in <home>/muted). Without ID: list the muted feeds."""
+    set_mute(ctx, feed, as_json, True)
+
+
+@main.command()
+@click.argument("feed", metavar="ID")
+@JSON_OPTION
+@click.pass_context
+def unmute(ctx: click.Context, feed: str, as_json: bool) -> None:
+    """Show the feed ID again (undo 'p2pnode mute')."""
+    set_mute(ctx, feed, as_json, False)
+
+
+def set_mute(ctx: click.Context, feed: str | None, as_json: bool, on: bool) -> None:
+    with local(ctx) as node:
+        if feed is None:
+            keys = mutes.muted(node.home)
+            names = present.Names(node.store)
+            for key in keys:
+                if as_json:
+                    emit({"id": feed_id(key)})
+                else:
+                    click.echo(f"{feed_id(key)}  {names.feed(key)}")
+            if not keys:
+                say("no muted feeds")
+            return
+        target = feed_of(node, feed)
+        if target == node.owner:
+            raise click.ClickException(f"cannot {'mute' if on else 'unmute'} your own feed")
+        changed = mutes.set_muted(node.home, target, on)
+    if as_json:
+        emit({"id": feed_id(target), "muted": on, "unchanged": not changed})
+    elif changed:
+        say(f"{'muted' if on else 'unmuted'} {feed_id(target)} (on this node only; nothing published)")
+    else:
+        say(f"{'already' if on else 'not'} muted: {feed_id(target)}; nothing written")
 
 
 @main.command()
@@ -222,39 +413,89 @@ def profile(ctx: click.Context, name: str, about: str | None, as_json: bool) -> 
 @click.pass_context
 def retract(ctx: click.Context, target: str, as_json: bool) -> None:
     """Retract one of your entries: its payload is deleted everywhere; its header stays in the log."""
-    target_hash = hash_arg(target)
-    publish_and_print(ctx, as_json, lambda node: node.retract(target_hash))
+    publish_and_print(ctx, as_json, lambda node: node.retract(hash_of(node, target)))
+
+
+def say_shown(shown: int, total: int, empty: str) -> None:
+    if shown == 0:
+        say(empty)
+    elif total > shown:
+        say(f"showing the newest {shown:,} of {total:,}; --all or --limit N shows more")
 
 
 @main.command()
 @click.argument("feed", metavar="[ID]", required=False)
 @LIMIT_OPTION
+@ALL_OPTION
+@FULL_OPTION
+@PAGER_OPTION
 @JSON_OPTION
 @click.pass_context
-def feed(ctx: click.Context, feed: str | None, limit: int | None, as_json: bool) -> None:
+def feed(ctx: click.Context, feed: str | None, limit: int | None, show_all: bool, full: bool, no_pager: bool,
+         as_json: bool) -> None:
     """Show a feed's entries, newest first (default: your own feed)."""
-    author = feed_arg(feed) if feed is not None else None
     with local(ctx) as node:
-        print_entries(node.store.feed(author or node.owner, limit), node, as_json)
+        author = feed_of(node, feed) if feed is not None else node.owner
+        shown = print_entries(node.store.feed(author, limit_of(limit, show_all, as_json)), node, as_json, full,
+                              not no_pager)
+        say_shown(shown, node.store.feed_size(author), "no entries of this feed are held here")
 
 
 @main.command()
 @LIMIT_OPTION
+@ALL_OPTION
+@FULL_OPTION
+@PAGER_OPTION
 @JSON_OPTION
 @click.pass_context
-def timeline(ctx: click.Context, limit: int | None, as_json: bool) -> None:
-    """Show your entries and those of the feeds you follow, newest first."""
+def timeline(ctx: click.Context, limit: int | None, show_all: bool, full: bool, no_pager: bool,
+             as_json: bool) -> None:
+    """Show your entries and those of the feeds you follow (except muted ones), newest first."""
     with local(ctx) as node:
-        print_entries(node.store.timeline(limit), node, as_json)
+        hidden = mutes.muted(node.home)
+        items = node.store.timeline(limit_of(limit, show_all, as_json), hidden)
+        shown = print_entries(items, node, as_json, full, not no_pager)
+        say_shown(shown, node.store.timeline_size(hidden),
+                  "your timeline is empty: post something, or follow a feed (p2pnode follow ID)")
+
+
+@main.command()
+@click.argument("target", metavar="HASH")
+@FULL_OPTION
+@PAGER_OPTION
+@JSON_OPTION
+@click.pass_context
+def thread(ctx: click.Context, target: str, full: bool, no_pager: bool, as_json: bool) -> None:
+    """Show the conversation the entry HASH belongs to: its first post held here and every reply,
+    oldest first, replies indented under what they answer (replies from muted feeds left out)."""
+    with local(ctx) as node:
+        names = present.Names(node.store, full)
+        with user_errors():
+            shown, left_out = present.thread(node.store, names, hash_of(node, target), set(mutes.muted(node.home)))
+        if as_json:
+            for item in shown:
+                stored = node.store.entry_by_hash(item.hash)
+                assert stored is not None
+                emit({**view(stored, node.store), "depth": item.depth})
+        else:
+            width = terminal_width()
+            with output(not no_pager) as write:
+                for item in shown:
+                    for line in entry_lines(item, width, thread=True):
+                        write(line)
+    if left_out:
+        say(f"{left_out} replies from muted feeds are not shown")
 
 
 @main.command()
 @JSON_OPTION
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> None:
-    """Re-verify every stored header, signature, chain link and payload hash. Exits 1 on any problem."""
+    """Re-verify every stored header, signature, chain link and payload hash. Exits 1 on any problem.
+    On a terminal, a progress bar shows how far it is."""
     with local(ctx) as node:
-        problems = node.store.check()
+        with statusview.check_progress(not as_json) as progress:
+            problems = node.store.check(progress)
     for problem in problems:
         item = {"feed": feed_id(problem.author), "seq": problem.seq, "problem": problem.what}
         if as_json:
@@ -263,41 +504,64 @@ def check(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"{item['feed']} seq {item['seq']}: {item['problem']}")
     if problems:
         raise SystemExit(1)
-    if not as_json:
+    if as_json:
+        say("ok: every stored entry verifies")
+    else:
         click.echo("ok: every stored entry verifies")
 
 
 @main.command()
+@FULL_OPTION
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (JSON: one line per refresh).")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, metavar="SECONDS",
+              help="Seconds between refreshes with --watch (default 1).")
 @JSON_OPTION
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
-    """Show the node id, what the store holds, forked feeds, and the running node's peers."""
-    with local(ctx) as node:
-        counts = node.store.counts()
-        data: dict[str, Any] = {
-            "id": node.id,
-            "feeds": counts["feeds"],
-            "entries": counts["entries"],
-            "forked": [feed_id(a) for a in node.store.forked_feeds()],
-            "following": len(node.store.follows() - node.store.blocked()),
-            "blocking": len(node.store.blocked()),
-        }
-        running = runtime_info(node.home)
-        data["running"] = bool(running)
-        if running:
-            data.update({k: running[k] for k in ("address", "peers") if k in running})
-    if as_json:
-        emit(data)
+def status(ctx: click.Context, full: bool, watch: bool, interval: float, as_json: bool) -> None:
+    """Show the node id, what the store holds, forked feeds, and the running node's peers with how much
+    each still has to send ("alice: 12,000 of 100,000, 4,300/s")."""
+
+    def snapshot() -> tuple[dict[str, Any], list[str]]:
+        with local(ctx) as node:
+            data = statusview.status_data(node)
+            return data, ([] if as_json else statusview.status_lines(data, present.Names(node.store, full)))
+
+    if not watch:
+        data, lines = snapshot()
+        if as_json:
+            emit(data)
+        for line in lines:
+            click.echo(line)
         return
-    for key, value in data.items():
-        if key == "peers":
-            for peer in value:
-                click.echo(f"peer {peer.get('id')} {peer.get('address') or ''} "
-                           f"{'in sync' if peer.get('in_sync') else 'syncing'}")
-        elif key == "forked":
-            click.echo(f"forked: {', '.join(value) if value else 'none'}")
-        else:
-            click.echo(f"{key}: {value}")
+    watch_status(snapshot, interval, as_json)
+
+
+def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], interval: float, as_json: bool) -> None:
+    """Print a status snapshot every `interval` seconds until Ctrl-C (exit 0); redrawn in place on a terminal."""
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    live = None
+    if not as_json and is_terminal(sys.stdout):
+        from rich.live import Live
+        from rich.text import Text
+        live = Live(console=statusview.console(), auto_refresh=False)
+        live.start()
+    try:
+        while not stop.is_set():
+            data, lines = snapshot()
+            if as_json:
+                emit(data)
+            elif live is not None:
+                live.update(Text("\n".join([*lines, f"(every {interval:g} s, {statusview.watch_stamp()}; "
+                                                      "Ctrl-C stops)"])), refresh=True)
+            else:
+                click.echo("\n".join([f"-- {statusview.watch_stamp()}", *lines]))
+            sys.stdout.flush()
+            stop.wait(interval)
+    finally:
+        if live is not None:
+            live.stop()
 
 
 @main.command()
@@ -335,35 +599,48 @@ def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tu
 
 
 @main.command()
+@FULL_OPTION
 @JSON_OPTION
 @click.pass_context
-def peers(ctx: click.Context, as_json: bool) -> None:
+def peers(ctx: click.Context, full: bool, as_json: bool) -> None:
     """List known peers (the peer book) and, while the node runs, the connected ones."""
     with local(ctx) as node:
         book = node.store.peer_book()
         running = runtime_info(node.home) or {}
-    connected = {p["id"]: p for p in running.get("peers", [])}
-    known = set()
-    for row in book:
-        ident = feed_id(row["key"])
-        known.add(ident)
-        item = {"address": row["address"], "id": ident, "source": row["source"], "failures": row["failures"],
-                "last_seen": row["last_seen"], "connected": ident in connected}
-        if ident in connected:
-            item["in_sync"] = connected[ident].get("in_sync")
+        names = present.Names(node.store, full)
+        connected = {p["id"]: p for p in running.get("peers", [])}
+        rows = []
+        for row in book:
+            ident = feed_id(row["key"])
+            item = {"address": row["address"], "id": ident, "source": row["source"], "failures": row["failures"],
+                    "last_seen": row["last_seen"], "connected": ident in connected}
+            if ident in connected:
+                item["in_sync"] = connected[ident].get("in_sync")
+            rows.append(item)
+        known = {item["id"] for item in rows}
+        for ident, peer in connected.items():
+            if ident not in known:
+                rows.append({"address": peer.get("address"), "id": ident, "source": "inbound", "connected": True,
+                             "in_sync": peer.get("in_sync")})
         if as_json:
-            emit(item)
-        else:
-            click.echo(f"{item['address']}  {'connected' if item['connected'] else 'known'}  source {item['source']}"
-                       f"  failures {item['failures']}")
-    for ident, peer in connected.items():
-        if ident not in known:
-            item = {"address": peer.get("address"), "id": ident, "source": "inbound", "connected": True,
-                    "in_sync": peer.get("in_sync")}
-            if as_json:
+            for item in rows:
                 emit(item)
-            else:
-                click.echo(f"{item['address'] or ident}  connected  inbound")
+        elif rows:
+            shown = [{**item, **{k: v for k, v in connected.get(item["id"], {}).items() if k in ("left", "rate")}}
+                     for item in rows]
+            statusview.print_table(statusview.peers_table(shown, names))
+    if not rows:
+        say("no peers known yet: 'p2pnode run --seed ADDRESS' starts from one")
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script, e.g. eval "$(p2pnode completion bash)" in ~/.bashrc."""
+    from click.shell_completion import get_completion_class
+    completer = get_completion_class(shell)
+    assert completer is not None
+    click.echo(completer(main, {}, "p2pnode", "_P2PNODE_COMPLETE").source())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from protocol.ids import Address, parse_address
 
 from .home import RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
 from .node import Node, NodeConfig
+from .progress import SyncProgress, log_progress
 from .store import Store
 
 log = logging.getLogger("p2pnode.run")
@@ -130,7 +131,9 @@ async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: 
             sys.stdout.write(f"listening {address}\n")
             sys.stdout.flush()
             log.info("node %s listening on %s:%s", address, config.listen_host, address.port)
-            nursery.start_soon(_write_status, home, node)
+            progress = SyncProgress(node)
+            nursery.start_soon(_write_status, home, node, progress)
+            nursery.start_soon(log_progress, progress)
             async for signum in signals:
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 break
@@ -138,11 +141,14 @@ async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: 
             nursery.cancel_scope.cancel()
 
 
-async def _write_status(home: Path, node: Node) -> None:
+async def _write_status(home: Path, node: Node, progress: SyncProgress) -> None:
     path = home / RUNTIME_FILE
     tmp = home / (RUNTIME_FILE + ".tmp")
     while True:
         data = {"pid": os.getpid(), **node.status()}
+        behind = progress.peers()
+        for peer in data.get("peers", []):
+            peer.update(behind.get(peer["id"], {}))
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
         with trio.move_on_after(STATUS_INTERVAL):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,7 @@ MIGRATIONS: list[tuple[int, str]] = [
 ]
 
 BUSY_TIMEOUT_S = 30.0
+CHECK_PROGRESS_EVERY = 500
 
 
 class StoreError(Exception):
@@ -328,6 +329,18 @@ class Store:
                 (target, author, entry.seq)).rowcount
             if changed:
                 result.retracted.append(target)
+                self._refresh_profile(author)
+
+    def _refresh_profile(self, author: bytes) -> None:
+        """The latest profile entry that is held and not retracted decides the profile (none: no profile)."""
+        row = self.db.execute("SELECT seq, payload FROM entries WHERE author = ? AND type = 'profile' "
+                              "AND payload IS NOT NULL AND retracted = 0 ORDER BY seq DESC LIMIT 1",
+                              (author,)).fetchone()
+        self.db.execute("DELETE FROM profiles WHERE author = ?", (author,))
+        if row is not None:
+            content = decode_payload(row[1])
+            self.db.execute("INSERT INTO profiles VALUES (?, ?, ?, ?)",
+                            (author, content["name"], content.get("about"), row[0]))
 
     def _purge_feed(self, author: bytes) -> None:
         for table in ("entries", "feeds", "forks", "profiles"):
@@ -387,14 +400,30 @@ class Store:
         return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author = ? ORDER BY seq DESC LIMIT ?",
                           (author, -1 if limit is None else limit))
 
-    def timeline(self, limit: int | None = None) -> list[StoredEntry]:
-        """The owner's entries and those of the feeds the owner follows, newest first, blocked feeds left out."""
+    def timeline(self, limit: int | None = None, hidden: Collection[bytes] = ()) -> list[StoredEntry]:
+        """The owner's entries and those of the feeds the owner follows, newest first, blocked feeds and
+        `hidden` ones (muted) left out."""
+        hide = list(hidden)
         return self._rows(
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author IN "
             "(SELECT ? UNION SELECT target FROM contacts WHERE author = ? AND following = 1 "
             " EXCEPT SELECT target FROM contacts WHERE author = ? AND blocking = 1) "
+            f"AND author NOT IN ({', '.join('?' * len(hide))}) "
             "ORDER BY timestamp DESC, id DESC LIMIT ?",
-            (self.owner, self.owner, self.owner, -1 if limit is None else limit))
+            (self.owner, self.owner, self.owner, *hide, -1 if limit is None else limit))
+
+    def timeline_size(self, hidden: Collection[bytes] = ()) -> int:
+        hide = list(hidden)
+        return self.db.execute(
+            "SELECT count(*) FROM entries WHERE author IN "
+            "(SELECT ? UNION SELECT target FROM contacts WHERE author = ? AND following = 1 "
+            " EXCEPT SELECT target FROM contacts WHERE author = ? AND blocking = 1) "
+            f"AND author NOT IN ({', '.join('?' * len(hide))})",
+            (self.owner, self.owner, self.owner, *hide)).fetchone()[0]
+
+    def feed_size(self, author: bytes) -> int:
+        row = self.db.execute("SELECT head_seq FROM feeds WHERE author = ?", (author,)).fetchone()
+        return row[0] if row else 0
 
     def entry_by_hash(self, entry_hash_: bytes) -> StoredEntry | None:
         rows = self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE hash = ?", (entry_hash_,))
@@ -426,7 +455,9 @@ class Store:
         return wanted - blocked - (set(self.forked_feeds()) - {self.owner})
 
     def profile_name(self, author: bytes) -> str | None:
-        row = self.db.execute("SELECT name FROM profiles WHERE author = ?", (author,)).fetchone()
+        # a store written before retractions cleared profiles may still hold a retracted one: not shown
+        row = self.db.execute("SELECT name FROM profiles p WHERE author = ? AND NOT EXISTS (SELECT 1 FROM entries e "
+                              "WHERE e.author = p.author AND e.seq = p.seq AND e.retracted = 1)", (author,)).fetchone()
         return row[0] if row else None
 
     def forked_feeds(self) -> list[bytes]:
@@ -501,11 +532,22 @@ class Store:
 
     # ------------------------------------------------------------ check
 
-    def check(self) -> list[Problem]:
-        """Re-verify every stored header, signature, chain link and payload hash, and list forked feeds."""
+    def check(self, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
+        """Re-verify every stored header, signature, chain link and payload hash, and list forked feeds.
+        `progress(done, total)` is called every CHECK_PROGRESS_EVERY entries and at the end."""
         problems: list[Problem] = []
+        total = self.db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        done = [0]
+
+        def step() -> None:
+            done[0] += 1
+            if progress is not None and done[0] % CHECK_PROGRESS_EVERY == 0:
+                progress(done[0], total)
+
         for (author,) in self.db.execute("SELECT DISTINCT author FROM entries ORDER BY author").fetchall():
-            problems.extend(self._check_feed(author))
+            problems.extend(self._check_feed(author, step))
+        if progress is not None:
+            progress(done[0], total)
         for (author, seq, header_b) in self.db.execute("SELECT author, seq, header_b FROM forks").fetchall():
             problems.append(Problem(author, seq, f"forked: the author also signed {entry_ref(entry_hash(header_b))}, "
                                                  "which contradicts this entry"))
@@ -515,11 +557,12 @@ class Store:
                 problems.append(Problem(author, head_seq, f"feed head says seq {head_seq}, entries end at {actual}"))
         return problems
 
-    def _check_feed(self, author: bytes) -> Iterator[Problem]:
+    def _check_feed(self, author: bytes, step: Callable[[], None]) -> Iterator[Problem]:
         previous: FeedHead | None = None
         for seq, stored_hash, header, signature, payload in self.db.execute(
                 "SELECT seq, hash, header, signature, payload FROM entries WHERE author = ? ORDER BY seq",
                 (author,)).fetchall():
+            step()
             try:
                 entry = verify_entry(header, signature, None)
                 if entry.author != author or entry.seq != seq:

@@ -166,12 +166,12 @@ def test_post_and_feed(home: Path) -> None:
     assert [item["seq"] for item in items] == [3, 2, 1]
     assert [item["hash"] for item in items][1:] == [second["hash"], first["hash"]]
     assert all(item["author"] == identity and item["type"] == "post" for item in items)
-    assert items[1]["text"] == "line one\nline two ünïcode\n"
+    assert items[1]["text"] == "line one\nline two ünïcode"  # `post -` drops the trailing newline
     assert items[2]["text"] == "hello world"
     assert json_lines(home, "feed", identity, "--limit", "2") == items[:2]
     assert len(json_lines(home, "feed", "--limit", "1")) == 1
 
-    text = ok(home, "feed")
+    text = ok(home, "feed", "--full")
     assert "hello world" in text and first["hash"] in text and "seq 1" in text
 
 

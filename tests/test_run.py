@@ -300,7 +300,7 @@ def test_cli_beside_running_nodes(tmp_path: Path, start: Start) -> None:
     assert status["id"] == b_id and status["running"] is True
     assert LISTENING_RE.match(f"listening {status['address']}")
     assert status["feeds"] == 2 and status["entries"] == 2 and status["forked"] == []
-    assert cli_ok(b_home, "status").count(f"peer {a_id} {a.address} in sync") == 1
+    assert cli_ok(b_home, "status", "--full").count(f"peer {a_id} {a.address} in sync") == 1
     peers = [json.loads(line) for line in cli_ok(b_home, "peers", "--json").splitlines()]
     seed_rows = [p for p in peers if p["id"] == a_id]
     assert len(seed_rows) == 1 and seed_rows[0]["address"] == a.address
