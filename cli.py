@@ -67,6 +67,21 @@ class PositiveInt(click.ParamType):
         return number
 
 
+class Seconds(click.ParamType):
+    """A time from 0.1 s to an hour, shown in help as SECONDS."""
+
+    name = "SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0.1 <= number <= 3600:
+            self.fail(f"{value} is out of range: give 0.1 to 3600 seconds", param, ctx)
+        return number
+
+
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, callback=_global_json,
                            help="Print JSON instead of text.")
 LIMIT_OPTION = click.option("--limit", type=PositiveInt(), default=None,
@@ -246,6 +261,8 @@ def export_key(ctx: click.Context, path: Path | None, as_json: bool) -> None:
     restores it on any machine. Anyone with the words can post as you."""
     with user_errors():
         identity, words = backup.seed_words(ctx.obj["home"])
+        if path is not None and (path.exists() or path.is_symlink()):
+            raise UserError(f"{path} already exists; choose a new file name")
         say(f"warning: {backup.WARNING}")
         if path is not None:
             backup.write_words(path, words)
@@ -513,7 +530,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
 @main.command()
 @FULL_OPTION
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (JSON: one line per refresh).")
-@click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, metavar="SECONDS",
+@click.option("--interval", type=Seconds(), default=1.0,
               help="Seconds between refreshes with --watch (default 1).")
 @JSON_OPTION
 @click.pass_context
