@@ -100,7 +100,8 @@ def test_forged_entry_disconnects_and_stores_nothing(tmp_path: Path) -> None:
 
 def test_a_lost_store_comes_back_from_peers(tmp_path: Path) -> None:
     """The user loses the store but keeps the key: `run` fetches the feed back, and posting goes on at the
-    next seq instead of forking the feed."""
+    next seq instead of forking the feed. Then the machine is lost: the backup words (export-key) restore the
+    identity on a new one (init --import), which gets its feed back from peers and goes on at the next seq."""
     a_home, b_home = tmp_path / "a", tmp_path / "b"
     a_id, _ = init_home(a_home), init_home(b_home)
     for i in range(3):
@@ -122,6 +123,24 @@ def test_a_lost_store_comes_back_from_peers(tmp_path: Path) -> None:
         assert json.loads(posted.stdout)["seq"] == 4
         wait_for(lambda: len(feed_entries(b_home, a_id)) == 4, SYNC_TIMEOUT_S, "B to get the new post")
         assert json.loads(run_cli(b_home, "status", "--json").stdout)["forked"] == []
+
+        # then the whole machine is lost; the backup words restore the identity on a new one
+        words = run_cli(a_home, "export-key")
+        assert words.returncode == 0 and len(words.stdout.split()) == 24
+        assert a.stop() == 0
+        new_home = tmp_path / "a-new-machine"
+        restored = run_cli(new_home, "init", "--import", input=words.stdout)
+        assert restored.returncode == 0 and a_id in restored.stdout, restored.stderr
+        refused = run_cli(new_home, "post", "too early")
+        assert refused.returncode != 0 and "p2pnode run" in refused.stderr
+        a = NodeProcess(new_home, "--seed", b.address)
+        wait_for(lambda: len(feed_entries(new_home, a_id)) == 4, SYNC_TIMEOUT_S, "the new machine to get the feed")
+        posted = run_cli(new_home, "post", "from the new machine", "--json")
+        assert posted.returncode == 0, posted.stderr
+        assert json.loads(posted.stdout)["seq"] == 5
+        wait_for(lambda: len(feed_entries(b_home, a_id)) == 5, SYNC_TIMEOUT_S, "B to get the new machine's post")
+        assert json.loads(run_cli(b_home, "status", "--json").stdout)["forked"] == []
+        assert run_cli(new_home, "check").returncode == 0
     finally:
         a.stop()
         assert b.stop() == 0
