@@ -18,6 +18,8 @@ from conftest import cli_command, cli_env, run_cli
 from test_cli import assert_rejected, init, json_lines, ok, ok_json, snapshot
 
 import cli
+from p2pnode import backup
+from p2pnode.local import UserError
 from p2pnode.render import terminal_lines, terminal_text
 from p2pnode.store import Store
 from protocol.ids import entry_ref, feed_id, parse_entry_ref, parse_feed_id
@@ -400,3 +402,31 @@ def test_import_is_case_and_space_tolerant(tmp_path: Path) -> None:
     words = run_cli(home, "export-key").stdout.strip()
     messy = "# my p2pnode backup\n  " + "\n".join(w.upper() for w in words.split()) + "\n"
     assert identity in ok(tmp_path / "other", "init", "--import", input=messy)
+
+
+# ---------------------------------------------------------------- the backup vectors
+
+
+BACKUP_VECTORS = json.loads((Path(__file__).resolve().parents[1] / "spec" / "vectors" / "backup" / "words.json")
+                            .read_text())
+
+
+@pytest.mark.parametrize("case", BACKUP_VECTORS["valid"], ids=lambda c: c["seed"][:8])
+def test_backup_vectors_valid(case: dict[str, str]) -> None:
+    seed = bytes.fromhex(case["seed"])
+    assert backup.seed_from_words(case["words"]) == seed
+    assert feed_id(bytes(nacl.signing.SigningKey(seed).verify_key)) == case["id"]
+
+
+@pytest.mark.parametrize("case", BACKUP_VECTORS["invalid"], ids=lambda c: c["error"])
+def test_backup_vectors_invalid(case: dict[str, str]) -> None:
+    with pytest.raises(UserError, match=case["error"]):
+        backup.seed_from_words(case["words"])
+
+
+def test_import_of_a_vector_gives_its_id(tmp_path: Path) -> None:
+    case = BACKUP_VECTORS["valid"][1]
+    home = tmp_path / "home"
+    ok(home, "init", "--import", input=case["words"] + "\n")
+    assert ok(home, "whoami").strip() == case["id"]
+    assert ok(home, "export-key").strip() == case["words"]
