@@ -41,6 +41,8 @@ def terminal_text(s: str) -> str:
     """`s` as one line that is safe to print: every character that could change the terminal's state,
     start a new line, reorder or hide text is shown escaped (see the module comment). Idempotent on its
     own output except for backslashes, which are kept as they are."""
+    if s.isascii() and s.isprintable():  # the common case: nothing to look at more closely
+        return s
     out: list[str] = []
     combining = 0
     previous = ""
@@ -53,16 +55,17 @@ def terminal_text(s: str) -> str:
             keep = bool(previous) and bool(following) and _emoji_like(previous) and _emoji_like(following)
         elif category in _ESCAPED_CATEGORIES or code in _INVISIBLE:
             keep = False
-        elif _is_variation_selector(code):
-            keep = bool(previous) and (_emoji_like(previous) or previous in "0123456789#*")
         elif category in ("Mn", "Me"):
-            combining += 1
-            keep = combining <= MAX_COMBINING and bool(out)
-        if category not in ("Mn", "Me"):
+            if _is_variation_selector(code):
+                keep = bool(previous) and (_emoji_like(previous) or previous in "0123456789#*")
+            else:
+                combining += 1
+                keep = combining <= MAX_COMBINING and bool(out)
+        else:
             combining = 0
         if keep:
             out.append(char)
-            if not _is_variation_selector(code):
+            if category not in ("Mn", "Me"):
                 previous = char
         else:
             out.append(_escape(char))

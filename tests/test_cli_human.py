@@ -430,3 +430,16 @@ def test_import_of_a_vector_gives_its_id(tmp_path: Path) -> None:
     ok(home, "init", "--import", input=case["words"] + "\n")
     assert ok(home, "whoami").strip() == case["id"]
     assert ok(home, "export-key").strip() == case["words"]
+
+
+def test_peers_table_names_peers_safely(home: Path) -> None:
+    owner = init(home)
+    peer = feed_id(bytes(key_of(53).verify_key))
+    ok(home, "follow", f"203.0.113.9:8765/{peer}")
+    plant(home, owner, 53, [{"type": "profile", "name": "\x1b[31mevil\nname\u202e"}], 1_000)
+    out = ok(home, "peers")
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[0].split()[:3] == ["peer", "address", "state"]
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "\\x1b[31mevil name\\u202e" in lines[1] and "203.0.113.9:8765" in lines[1] and "known" in lines[1]
+    assert peer not in out and peer in ok(home, "peers", "--full")
