@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import nacl.signing
 from protocol.errors import InvalidEntry
 from protocol.ids import entry_ref, feed_id
 
-from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, create_identity, load_identity
+from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, create_identity, load_identity, node_running
 from .store import Store, StoredEntry
 
 
@@ -106,10 +104,11 @@ def open_home(home: Path, create_store: bool = False) -> Iterator[Local]:
 
 def runtime_info(home: Path) -> dict[str, Any] | None:
     """What a running node wrote about itself (its address), or None when no node runs here."""
+    if not node_running(home):  # a node.json left by a killed node says nothing
+        return None
     try:
         info = json.loads((home / RUNTIME_FILE).read_text())
-        os.kill(int(info["pid"]), 0)  # a node that died without cleaning up is not running
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) else None
 
@@ -152,33 +151,3 @@ def view(stored: StoredEntry, store: Store | None = None) -> dict[str, Any]:
         else:
             result[key] = value
     return result
-
-
-def describe(item: dict[str, Any]) -> str:
-    """Two or more human lines for one entry view."""
-    try:
-        when = datetime.fromtimestamp(item["timestamp"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except (OverflowError, ValueError, OSError):  # an author's clock is theirs: any uint is valid
-        when = f"timestamp {item['timestamp']}"
-    who = item["author"] + (f" ({_printable(item['author_name'])})" if "author_name" in item else "")
-    head = f"{item['hash']}  {who}  seq {item['seq']}  {when}"
-    kind = item["type"]
-    if kind is None:
-        body = "[retracted]" if item.get("retracted") else "[payload not held]"
-    elif kind == "post":
-        body = item["text"] if "reply_to" not in item else f"(reply to {item['reply_to']}) {item['text']}"
-    elif kind in ("follow", "unfollow", "block", "unblock"):
-        body = f"[{kind}s {item['feed']}]"
-    elif kind == "profile":
-        body = f"[profile: name {item['name']!r}" + (f", about {item['about']!r}]" if "about" in item else "]")
-    elif kind == "retract":
-        body = f"[retracts {item['entry']}]"
-    else:
-        body = f"[{kind}]"
-    return head + "\n    " + _printable(body).replace("\n", "\n    ")
-
-
-def _printable(text: str) -> str:
-    """Text from other people, made safe for a terminal: control characters other than newline (escape
-    sequences could recolour, move the cursor or retitle the window) are shown escaped."""
-    return "".join(c if c in "\n\t" or c.isprintable() else repr(c)[1:-1] for c in text)

@@ -1,6 +1,6 @@
 # Sync progress of a running node: per peer, how many entries of the feeds we want it holds beyond ours
-# ("12,000 of 100,000, 4,300/s"), measured from the sessions' state and the store's feed heads. `p2pnode run`
-# adds it to node.json (what `status` shows) and logs it every few seconds while a long sync lasts.
+# ("12,000 of 100,000, 4,300/s"), read from the sessions and the replication state (protocol/replication.py).
+# `p2pnode run` adds it to node.json (what `status` shows) and logs it every few seconds while a sync lasts.
 from __future__ import annotations
 
 import logging
@@ -12,9 +12,7 @@ from typing import Any
 
 import trio
 
-from protocol.ids import feed_id, parse_feed_id
-
-from .render import display_name
+from protocol.ids import feed_id
 
 log = logging.getLogger("p2pnode.progress")
 
@@ -58,10 +56,11 @@ class SyncProgress:
     def peers(self) -> dict[str, dict[str, Any]]:
         """feed id of each peer -> {"left", "rate", "received", "feeds": [{"feed", "held", "of", "rate"}]}."""
         now = self.clock()
-        held = self.node.store.clock()
+        held = _held(self.node)
         result: dict[str, dict[str, Any]] = {}
         live_feeds: set[bytes] = set()
-        for key, received, their_have in _sessions(self.node):
+        sessions = _sessions(self.node)
+        for key, received, their_have in sessions:
             rate = self._peer_rates.setdefault(key, _Rate()).add(now, received)
             behind = []
             for author, theirs in their_have.items():
@@ -79,18 +78,33 @@ class SyncProgress:
                 "feeds": [{"feed": feed_id(author), "held": ours, "of": theirs, "rate": round(feed_rate, 1)}
                           for _, author, ours, theirs, feed_rate in behind[:MAX_FEEDS_SHOWN]],
             }
-        for gone in set(self._peer_rates) - {k for k, _, _ in _sessions(self.node)}:
+        for gone in set(self._peer_rates) - {key for key, _, _ in sessions}:
             del self._peer_rates[gone]
         for done in set(self._feed_rates) - live_feeds:
             del self._feed_rates[done]
         return result
 
 
+# The only two functions that read the node's state (its sessions and its replication state): no store
+# access, so that this runs on the event loop while the store belongs to its own thread.
+
+def _held(node: Any) -> dict[bytes, int]:
+    """Every feed this node holds -> its latest seq."""
+    return dict(node.replicator.clock)
+
+
 def _sessions(node: Any) -> list[tuple[bytes, int, dict[bytes, int]]]:
-    """(peer key, entries received, what it holds of the feeds we want) of each open session: the only
-    place that reads the node's sessions."""
-    return [(s.key, s.received_entries, dict(s.their_have)) for s in list(node.sessions.values())
-            if s.closing is None and s.hello is not None]
+    """(peer key, entries received, what it holds of the feeds we want) of each open session."""
+    replicator = node.replicator
+    found = []
+    for session in list(node.sessions.values()):
+        if session.closing is not None or session.hello is None:
+            continue
+        state = replicator.peers.get(session.handle)
+        their = state.their_seq if state is not None else {}
+        found.append((session.key, session.received_entries,
+                      {feed: seq for feed, seq in their.items() if replicator.wants(feed)}))
+    return found
 
 
 def describe_peer(peer: str, data: dict[str, Any], name: Callable[[str], str]) -> str:
@@ -106,19 +120,13 @@ async def log_progress(progress: SyncProgress, interval: float | None = None) ->
     and once when it is done."""
     interval = log_interval() if interval is None else interval
     syncing: dict[str, float] = {}
-    store = progress.node.store
-
-    def name(text: str) -> str:
-        found = store.profile_name(parse_feed_id(text))
-        return display_name(found) if found else text[:12]
-
     while True:
         await trio.sleep(interval)
         peers = progress.peers()
         for peer, data in peers.items():
             if data["left"] > 0:
                 syncing.setdefault(peer, progress.clock())
-                log.info("%s", describe_peer(peer, data, name))
+                log.info("%s", describe_peer(peer, data, lambda text: text[:12]))
             elif peer in syncing:
                 took = progress.clock() - syncing.pop(peer)
                 log.info("sync from %s: up to date (%s entries received in this session; about %.0f s)",

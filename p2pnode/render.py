@@ -1,8 +1,8 @@
-# Text from the network, made safe for a terminal (and a log line): the one place that decides which
-# characters of a stranger's name, post, reason or host may reach a terminal as they are. Pure functions,
-# no I/O, so the CLI, the node's logs and anything else that prints network text share them.
+# Text from the network shown to a person: one renderer for the terminal and the log, so that a peer's
+# close reason, a host name or a profile name can never pass for the node's own output (spec/decisions.md).
+# Pure functions, no I/O, shared by the CLI and the node's logs.
 #
-# What is shown escaped (as \xNN, \uNNNN or \UNNNNNNNN):
+# What is shown escaped (as \xNN, \uNNNN or \UNNNNNNNN; a backslash is doubled, so the text reads as itself):
 # - control characters (C0, DEL, C1): escape sequences recolour, move the cursor, retitle the window;
 #   newline, carriage return and tab would start a line that passes for the program's own output;
 # - format characters (Unicode Cf): bidi overrides and isolates that reorder what follows, zero-width
@@ -39,10 +39,10 @@ def _emoji_like(char: str) -> bool:
 
 def terminal_text(s: str) -> str:
     """`s` as one line that is safe to print: every character that could change the terminal's state,
-    start a new line, reorder or hide text is shown escaped (see the module comment). Idempotent on its
-    own output except for backslashes, which are kept as they are."""
+    start a new line, reorder or hide text is shown escaped, and a backslash is doubled (see the module
+    comment)."""
     if s.isascii() and s.isprintable():  # the common case: nothing to look at more closely
-        return s
+        return s.replace("\\", "\\\\")
     out: list[str] = []
     combining = 0
     previous = ""
@@ -50,6 +50,11 @@ def terminal_text(s: str) -> str:
         code = ord(char)
         category = unicodedata.category(char)
         keep = True
+        if char == "\\":
+            out.append("\\\\")
+            previous = ""
+            combining = 0
+            continue
         if code == _ZWJ:
             following = s[index + 1] if index + 1 < len(s) else ""
             keep = bool(previous) and bool(following) and _emoji_like(previous) and _emoji_like(following)
@@ -93,3 +98,6 @@ def display_name(name: str) -> str:
     """A profile name as shown beside posts: white space runs become one space, no leading or trailing
     space (a name must not look indented), then terminal_text."""
     return terminal_text(" ".join(name.split()))
+
+
+log_text = terminal_text  # the same rules for a log line

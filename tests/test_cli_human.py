@@ -82,8 +82,9 @@ def test_terminal_text_leaves_nothing_that_acts(text: str) -> None:
 
 
 def test_terminal_text_keeps_ordinary_text() -> None:
-    for text in ("hello, world", "ünïcode 日本語 עברית", "emoji 👍🏽 and 👨\u200d👩\u200d👧 and ❤\ufe0f", "a\\x1b b"):
+    for text in ("hello, world", "ünïcode 日本語 עברית", "emoji 👍🏽 and 👨\u200d👩\u200d👧 and ❤\ufe0f"):
         assert terminal_text(text) == text
+    assert terminal_text("a\\x1b b") == "a\\\\x1b b" and terminal_text("é\\") == "é\\\\"  # unambiguous
     assert terminal_text("\x1b") == "\\x1b" and terminal_text("\u202e") == "\\u202e"
     assert terminal_lines("one\r\ntwo\tthree\n") == ["one", "two three", ""]
 
