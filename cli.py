@@ -227,7 +227,7 @@ def main(ctx: click.Context, home: Path | None, as_json: bool) -> None:
 @JSON_OPTION
 @click.pass_context
 def init(ctx: click.Context, restore: bool, as_json: bool) -> None:
-    """Create this node's identity (an Ed25519 key pair) and its store, or restore a backed-up identity."""
+    """Create this node's identity and store. With --import: restore a backed-up identity."""
     home = ctx.obj["home"]
     if restore:
         text = (click.prompt("Your backup words", hide_input=True, err=True) if is_terminal(sys.stdin)
@@ -257,8 +257,8 @@ def init(ctx: click.Context, restore: bool, as_json: bool) -> None:
 @JSON_OPTION
 @click.pass_context
 def export_key(ctx: click.Context, path: Path | None, as_json: bool) -> None:
-    """Back up your identity: the secret key as 24 words with a checksum. 'p2pnode init --import'
-    restores it on any machine. Anyone with the words can post as you."""
+    """Back up your identity as 24 words. The secret key as words with a checksum; 'p2pnode init
+    --import' restores it on any machine. Anyone with the words can post as you."""
     with user_errors():
         identity, words = backup.seed_words(ctx.obj["home"])
         if path is not None and (path.exists() or path.is_symlink()):
@@ -278,7 +278,7 @@ def export_key(ctx: click.Context, path: Path | None, as_json: bool) -> None:
 @JSON_OPTION
 @click.pass_context
 def whoami(ctx: click.Context, as_json: bool) -> None:
-    """Show this node's feed id (and with --json its address while it runs)."""
+    """Show this node's feed id. With --json also its address while it runs."""
     home = ctx.obj["home"]
     with user_errors():
         data: dict[str, Any] = {"id": identity_id(home)}  # needs the key only, not the store
@@ -329,7 +329,7 @@ def post(ctx: click.Context, text: str, as_json: bool) -> None:
 @JSON_OPTION
 @click.pass_context
 def reply(ctx: click.Context, parent: str, text: str, as_json: bool) -> None:
-    """Publish a post that replies to the entry HASH (a unique prefix will do). TEXT '-' reads standard input."""
+    """Publish a reply to the entry HASH. A unique prefix of HASH will do; TEXT '-' reads standard input."""
     body = read_text(text)
     publish_and_print(ctx, as_json, lambda node: node.reply(hash_of(node, parent), body))
 
@@ -359,12 +359,13 @@ def contact_command(kind: str, doc: str) -> None:
     main.command(name=kind)(command)
 
 
-contact_command("follow", "Follow the feed ID (or an address HOST:PORT/@ID, which the node then dials): "
-                          "replicate it and show it in the timeline.\n\n" + PUBLIC_NOTE)
+contact_command("follow", "Follow a feed (a public entry). Replicate the feed ID and show it in the timeline; "
+                          "given an address HOST:PORT/@ID, the node also dials it.\n\n" + PUBLIC_NOTE)
 contact_command("unfollow", "Stop following the feed ID.\n\n" + PUBLIC_NOTE)
-contact_command("block", "Block the feed ID (or an address): never fetch, store, serve or show it; purge what "
-                         "is held.\n\n" + PUBLIC_NOTE.replace("instead", "without telling anyone"))
-contact_command("unblock", "Unblock the feed ID.\n\n" + PUBLIC_NOTE.replace("instead", "without telling anyone"))
+PRIVATE_MUTE = PUBLIC_NOTE.replace("instead", "without telling anyone")
+contact_command("block", "Block a feed (a public entry). Never fetch, store, serve or show the feed ID (or an "
+                         "address's); purge what is held.\n\n" + PRIVATE_MUTE)
+contact_command("unblock", "Unblock the feed ID.\n\n" + PRIVATE_MUTE)
 
 
 @main.command()
@@ -372,8 +373,8 @@ contact_command("unblock", "Unblock the feed ID.\n\n" + PUBLIC_NOTE.replace("ins
 @JSON_OPTION
 @click.pass_context
 def mute(ctx: click.Context, feed: str | None, as_json: bool) -> None:
-    """Hide the feed ID from your timeline and threads, privately: nothing is published and replication
-    does not change (it is kept in <home>/muted). Without ID: list the muted feeds."""
+    """Hide a feed from your timeline, privately. The feed ID is left out of your timeline and threads;
+    nothing is published and replication does not change (kept in <home>/muted). Without ID: list them."""
     set_mute(ctx, feed, as_json, True)
 
 
@@ -429,7 +430,7 @@ def profile(ctx: click.Context, name: str, about: str | None, as_json: bool) -> 
 @JSON_OPTION
 @click.pass_context
 def retract(ctx: click.Context, target: str, as_json: bool) -> None:
-    """Retract one of your entries: its payload is deleted everywhere; its header stays in the log."""
+    """Retract one of your entries. Its payload is deleted everywhere; its header stays in the log."""
     publish_and_print(ctx, as_json, lambda node: node.retract(hash_of(node, target)))
 
 
@@ -467,7 +468,7 @@ def feed(ctx: click.Context, feed: str | None, limit: int | None, show_all: bool
 @click.pass_context
 def timeline(ctx: click.Context, limit: int | None, show_all: bool, full: bool, no_pager: bool,
              as_json: bool) -> None:
-    """Show your entries and those of the feeds you follow (except muted ones), newest first."""
+    """Show your timeline, newest first. Your entries and those of the feeds you follow (except muted ones)."""
     with local(ctx) as node:
         hidden = mutes.muted(node.home)
         items = node.store.timeline(limit_of(limit, show_all, as_json), hidden)
@@ -483,8 +484,8 @@ def timeline(ctx: click.Context, limit: int | None, show_all: bool, full: bool, 
 @JSON_OPTION
 @click.pass_context
 def thread(ctx: click.Context, target: str, full: bool, no_pager: bool, as_json: bool) -> None:
-    """Show the conversation the entry HASH belongs to: its first post held here and every reply,
-    oldest first, replies indented under what they answer (replies from muted feeds left out)."""
+    """Show the conversation around an entry. From the first post held here that HASH answers, every
+    reply, oldest first, indented under what it answers (replies from muted feeds left out)."""
     with local(ctx) as node:
         names = present.Names(node.store, full)
         with user_errors():
@@ -508,8 +509,8 @@ def thread(ctx: click.Context, target: str, full: bool, no_pager: bool, as_json:
 @JSON_OPTION
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> None:
-    """Re-verify every stored header, signature, chain link and payload hash. Exits 1 on any problem.
-    On a terminal, a progress bar shows how far it is."""
+    """Re-verify every stored entry. Headers, signatures, chain links and payload hashes; exits 1 on any
+    problem. On a terminal, a progress bar shows how far it is."""
     with local(ctx) as node:
         with statusview.check_progress(not as_json) as progress:
             problems = node.store.check(progress)
@@ -518,7 +519,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
         if as_json:
             emit(item)
         else:
-            click.echo(f"{item['feed']} seq {item['seq']}: {item['problem']}")
+            click.echo(f"{item['feed']} seq {item['seq']}: {terminal_text(item['problem'])}")
     if problems:
         raise SystemExit(1)
     if as_json:
@@ -535,8 +536,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
 @JSON_OPTION
 @click.pass_context
 def status(ctx: click.Context, full: bool, watch: bool, interval: float, as_json: bool) -> None:
-    """Show the node id, what the store holds, forked feeds, and the running node's peers with how much
-    each still has to send ("alice: 12,000 of 100,000, 4,300/s")."""
+    """Show the node, its store and its sync progress. The id, what the store holds, forked feeds, and the
+    running node's peers with how much each still has to send ("alice: 12,000 of 100,000, 4,300/s")."""
 
     def snapshot() -> tuple[dict[str, Any], list[str]]:
         with local(ctx) as node:
@@ -620,7 +621,7 @@ def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tu
 @JSON_OPTION
 @click.pass_context
 def peers(ctx: click.Context, full: bool, as_json: bool) -> None:
-    """List known peers (the peer book) and, while the node runs, the connected ones."""
+    """List known and connected peers. The peer book and, while the node runs, the connected ones."""
     with local(ctx) as node:
         book = node.store.peer_book()
         running = runtime_info(node.home) or {}
@@ -653,7 +654,7 @@ def peers(ctx: click.Context, full: bool, as_json: bool) -> None:
 @main.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
-    """Print the shell completion script, e.g. eval "$(p2pnode completion bash)" in ~/.bashrc."""
+    """Print the shell completion script. For example eval "$(p2pnode completion bash)" in ~/.bashrc."""
     from click.shell_completion import get_completion_class
     completer = get_completion_class(shell)
     assert completer is not None

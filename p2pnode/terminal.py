@@ -4,6 +4,8 @@
 # column 0), and rich consoles for tables and progress bars.
 from __future__ import annotations
 
+import functools
+import io
 import os
 import shutil
 import signal
@@ -100,13 +102,19 @@ def output(page: bool) -> Iterator[LineWriter]:
         signal.signal(signal.SIGINT, previous)
 
 
+@functools.cache
+def _measure() -> Console:
+    """A console used only to measure and wrap text (never printed to)."""
+    return Console(file=io.StringIO(), markup=False, emoji=False, highlight=False, width=1000)
+
+
 def fit(line: str, width: int | None, indent: str = "") -> list[str]:
     """`indent + line` cut into lines of at most `width` cells, each continuation indented the same."""
     if width is None:
         return [indent + line]
     room = max(10, width - len(indent))
     text = Text(line, no_wrap=False, overflow="fold")
-    pieces = text.wrap(_MEASURE, room, overflow="fold")
+    pieces = text.wrap(_measure(), room, overflow="fold")
     return [indent + str(piece).rstrip() for piece in pieces] or [indent]
 
 
@@ -119,7 +127,6 @@ def header_fit(line: str, width: int | None, indent: str = "") -> str:
     return indent + str(text)
 
 
-_MEASURE = Console(file=open(os.devnull, "w"), markup=False, emoji=False, highlight=False, width=1000)  # noqa: SIM115
 
 
 def entry_lines(shown: Shown, width: int | None, thread: bool = False) -> Iterator[str]:
