@@ -100,3 +100,15 @@ def test_check_draws_a_progress_bar(home: Path) -> None:
     assert child.exitstatus == 0
     # no bar when stderr is not a terminal, nor with --json
     assert ok(home, "check").startswith("ok")
+
+
+def test_status_watch_redraws_until_ctrl_c(home: Path) -> None:
+    fill(home, 1)
+    child = spawn(home, "status", "--watch", "--interval", "0.2")
+    for _ in range(2):  # two refreshes, each ending with the hint line
+        child.expect("Ctrl-C stops")
+    child.expect("entries: 1")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
