@@ -38,7 +38,7 @@ def status_data(node: Local) -> dict[str, Any]:
     running = runtime_info(node.home)
     data["running"] = bool(running)
     if running:
-        data.update({k: running[k] for k in ("address", "peers") if k in running})
+        data.update({k: running[k] for k in ("address", "peers", "syncing") if k in running})
     data["muting"] = len(muted(node.home))
     return data
 
@@ -85,6 +85,8 @@ def status_lines(data: dict[str, Any], names: Names) -> list[str]:
     lines.append(f"following: {data['following']:,}  blocking: {data['blocking']:,}  muting: {data['muting']:,}")
     forked = [_peer_name(names, f) for f in data["forked"]]
     lines.append(f"forked: {', '.join(forked) if forked else 'none'}")
+    for feed in data.get("syncing", []):  # every feed some peer holds more of, whoever sends it
+        lines.append(f"syncing {_peer_name(names, feed.get('id'))}: {feed.get('held', 0):,} of {feed.get('seen', 0):,}")
     peers = data.get("peers")
     if data["running"] and not peers:
         lines.append("peers: none connected")

@@ -86,6 +86,8 @@ def test_status_and_log_show_how_much_is_left(tmp_path: Path, monkeypatch: pytes
             text = run_cli(home, "status").stdout
             assert f"syncing: {TOTAL - FIRST:,} entries left" in text, text
             assert f"    {author_id[:9]}: {FIRST:,} of {TOTAL:,}" in text, text
+            assert f"syncing {author_id[:9]}: {FIRST:,} of {TOTAL:,}" in text, text
+            assert status["syncing"] == [{"id": author_id, "held": FIRST, "seen": TOTAL}]
             await wait_until(lambda: "sync from" in node.log_text() and "700 entries left" in node.log_text(),
                              "the node to log the sync's progress")
 
