@@ -52,18 +52,23 @@ HOME_AFTER = click.Option(["--home"], type=click.Path(file_okay=False, path_type
                           help="The node's home directory (as p2pnode --home).")
 
 
-class PositiveInt(click.ParamType):
-    """A count of at least 1 (and at most 2**63 - 1, what SQLite takes), shown in help as N."""
+class Count(click.ParamType):
+    """A whole number from `low` to `high`, shown in help as N (click's IntRange would print its bounds,
+    `1<=x<=9223372036854775807`, into the help text)."""
 
     name = "N"
+
+    def __init__(self, low: int = 1, high: int = 2**63 - 1) -> None:
+        self.low, self.high = low, high
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         try:
             number = int(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a whole number", param, ctx)
-        if not 1 <= number <= 2**63 - 1:
-            self.fail(f"{value} is out of range: give a number from 1 up", param, ctx)
+        if not self.low <= number <= self.high:
+            top = "up" if self.high == 2**63 - 1 else f"to {self.high:,}"
+            self.fail(f"{value} is out of range: give a number from {self.low} {top}", param, ctx)
         return number
 
 
@@ -84,7 +89,7 @@ class Seconds(click.ParamType):
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, callback=_global_json,
                            help="Print JSON instead of text.")
-LIMIT_OPTION = click.option("--limit", type=PositiveInt(), default=None,
+LIMIT_OPTION = click.option("--limit", type=Count(), default=None,
                             help=f"Show at most N entries (text: {DEFAULT_LIMIT} unless --all; JSON: all).")
 ALL_OPTION = click.option("--all", "show_all", is_flag=True, help="Show every entry.")
 FULL_OPTION = click.option("--full", is_flag=True, help="Show whole ids and hashes, seqs and exact times.")
@@ -593,7 +598,7 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
 @click.option("--hops", type=click.IntRange(0, 6), default=2, show_default=True,
               help="Also replicate feeds followed by followed feeds, up to this many hops.")
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
-@click.option("--keep-distant", type=click.IntRange(0, 10**9), default=0, metavar="N",
+@click.option("--keep-distant", type=Count(0, 10**9), default=0,
               help="Keep only the latest N entries of feeds at hop 2 and beyond, to save disk (0: whole feeds).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")

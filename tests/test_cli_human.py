@@ -395,14 +395,11 @@ def test_export_key_and_import(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("mangle", "match"), [
     (lambda w: " ".join(w.split()[:23]), "24 words; got 23"),
     (lambda w: w.replace(w.split()[4], "notaword", 1), "word 5"),
-    (lambda w: " ".join([w.split()[1], w.split()[0], *w.split()[2:]]) if w.split()[0] != w.split()[1] else "x",
-     "checksum|24 words"),
+    (lambda w: " ".join([w.split()[1], w.split()[0], *w.split()[2:]]), "checksum"),
     (lambda w: "", "24 words; got 0"),
 ])
 def test_bad_backup_words_are_one_line(tmp_path: Path, mangle: Any, match: str) -> None:
-    home = tmp_path / "home"
-    init(home)
-    words = run_cli(home, "export-key").stdout.strip()
+    words = BACKUP_VECTORS["valid"][1]["words"]  # fixed words, so that each mangling fails the same way
     target = tmp_path / "target"
     assert_rejected(target, "init", "--import", input=mangle(words), match=match)
     assert not target.exists() or not (target / "secret").exists()
