@@ -20,6 +20,7 @@ from protocol.ids import Address, feed_id, parse_address
 from protocol.log import CONTACT_TYPES, Entry, peek_author
 
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
+from .seeds import DialProblems, classify
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
 
@@ -355,6 +356,7 @@ class Node:
         self.changed = trio.Event()  # set whenever peers or sync state change: status writers wait on it
         self._nursery: trio.Nursery | None = None
         self.verifier = Verifier(0)
+        self.dial_problems = DialProblems()  # what each failed dial found, and the addresses given up on
         self._last_row_id = 0
         self._data_version = 0
 
@@ -622,7 +624,7 @@ class Node:
                     if outbound >= self.config.outbound_target:
                         break
                     if (key in connected or key == self.owner or key in self.blocked or address in self.dialing
-                            or self.next_dial.get(address, 0) > now):
+                            or self.next_dial.get(address, 0) > now or self.dial_problems.given_up(address)):
                         continue
                     outbound += 1
                     self.dialing.add(address)
@@ -647,9 +649,14 @@ class Node:
                                               handshake_timeout=self.config.handshake_timeout,
                                               idle_timeout=self.config.idle_timeout)
             except (OSError, ValueError, ProtocolError, trio.TooSlowError, TransportError) as exc:
-                log.info("dial %s failed: %s", address, getattr(exc, "reason", None) or exc)
+                record = self.dial_problems.failed(address, classify(address, key, exc, self.config.handshake_timeout))
+                if record.given_up:
+                    log.warning("dial %s failed: %s; not dialled again by this run", address, record.failure.text)
+                else:
+                    log.info("dial %s failed: %s", address, record.failure.text)
                 self._backoff(address, failed=True)
                 return
+            self.dial_problems.connected(address)
             self.store.peer_connected(address)
             session = Session(self, conn, outbound=True, address=address)
             started = trio.current_time()
@@ -701,6 +708,7 @@ class Node:
                 "received": s.received_entries,
                 "sent": s.sent_entries,
             } for s in self.sessions.values() if s.closing is None],
+            "dial_problems": self.dial_problems.report(),
         }
 
 
