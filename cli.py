@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from p2pnode.local import (
     view,
 )
 from p2pnode.node import DEFAULT_PORT, NodeConfig
+from p2pnode.reach import describe_reachability
 from p2pnode.runner import ConfigError, collect_seeds, parse_listen, run_node, setup_logging
 from p2pnode.store import StoredEntry, StoreError
 from protocol.errors import InvalidId, ProtocolError
@@ -288,7 +290,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         running = runtime_info(node.home)
         data["running"] = bool(running)
         if running:
-            data.update({k: running[k] for k in ("address", "peers", "dial_problems") if k in running})
+            data.update({k: running[k] for k in ("address", "addresses", "reachability", "peers", "dial_problems")
+                         if k in running})
     if as_json:
         emit(data)
         return
@@ -297,6 +300,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
             for peer in value:
                 click.echo(f"peer {peer.get('id')} {peer.get('address') or ''} "
                            f"{'in sync' if peer.get('in_sync') else 'syncing'}")
+        elif key == "reachability":
+            click.echo(f"reachable: {describe_reachability(value, time.time())}")
+        elif key == "addresses":
+            click.echo(f"addresses: {' '.join(value)}")
         elif key == "dial_problems":
             for problem in value:
                 click.echo(f"cannot dial {problem.get('address')}: {problem.get('problem')}"

@@ -20,6 +20,7 @@ from protocol.ids import Address, feed_id, parse_address
 from protocol.log import CONTACT_TYPES, Entry, peek_author
 
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
+from .reach import CHECK_MIN_GAP, SelfAddress, probe_address, remote_ip
 from .seeds import DialProblems, classify
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
@@ -112,6 +113,8 @@ class Session:
     cancel_scope: trio.CancelScope | None = None
     received_entries: int = 0
     sent_entries: int = 0
+    remote_ip: str | None = None  # where a direct connection comes from: told to the peer in hello.observed
+    last_check: float = -1e9  # when this peer last asked us to dial it back
 
     def __post_init__(self) -> None:
         # received batches flow: receive loop -> verifier -> ingester, two batches in flight at each step
@@ -198,7 +201,7 @@ class Session:
     async def _converse(self) -> None:
         node = self.node
         await self.send(wire.Hello(wire.PROTOCOL_VERSION, (), str(node.address) if node.address else None,
-                                   node.config.relay))
+                                   node.config.relay, self.remote_ip))
         for message in node.want_messages():
             await self.send(message)
         await self._send_peers()
@@ -263,6 +266,7 @@ class Session:
                 raise PeerGone("duplicate: already connected to this peer")
             if not self.outbound:
                 node.learn_address(message.address, self.key, "hello")
+            node.hello_received(self, message)
         elif isinstance(message, wire.Want):
             blocked = node.blocked
             held = node.store.clock(a for a in message.feeds if a not in blocked)
@@ -293,6 +297,11 @@ class Session:
             await self.send(wire.Pong(message.nonce))
         elif isinstance(message, wire.Close):
             raise PeerGone(f"peer closed: {message.reason}")
+        elif isinstance(message, wire.Check):
+            node.answer_check(self, message)
+        elif isinstance(message, wire.Checked):
+            node.me.record(self.key, message)
+            node._notify()
         # Pong and unknown message types need nothing
 
     async def _sender(self) -> None:
@@ -345,6 +354,8 @@ class Node:
         self.network = network or TcpNetwork()
         self.rng = rng or random.Random()
         self.address: Address | None = None
+        self.me = SelfAddress(self.owner, self.config.advertise_host, self.config.listen_host)
+        self.checking = 0  # dial-back checks running for peers
         self.sessions: dict[bytes, Session] = {}
         self.inbound = 0
         self.dialing: set[str] = set()
@@ -380,17 +391,11 @@ class Node:
             self._nursery = nursery
             host, port = await nursery.start(self.network.serve, self.config.listen_host,
                                              self.config.listen_port, self._accept_contained)
-            self.address = Address(self._advertised_host(host), port, self.owner)
+            self.me.bound(host, port)
+            self.address = self.me.address()
             nursery.start_soon(self._survive, self._dial_loop)
             nursery.start_soon(self._survive, self._watch_store)
             task_status.started(self.address)
-
-    def _advertised_host(self, bound_host: str) -> str:
-        if self.config.advertise_host:
-            return self.config.advertise_host
-        if bound_host in ("0.0.0.0", "::", ""):
-            return "127.0.0.1"
-        return bound_host
 
     async def stop(self) -> None:
         """Say goodbye to every peer (close message, box-stream goodbye), then stop serving."""
@@ -552,18 +557,60 @@ class Node:
         """Check that a peer's announced address answers with its key, so that it may be shared: dial,
         handshake, say `close` before any hello (the other side never counts it as a session), hang up."""
         try:
-            with trio.fail_after(self.config.handshake_timeout):
-                stream = await self.network.dial(address.host, address.port)
-                conn = await client_handshake(stream, self.key, address.key, network_key=self.config.network_key,
-                                              handshake_timeout=self.config.handshake_timeout)
-                await conn.send(wire.encode(wire.Close("probe: address verified")))
-                await conn.aclose()
-            self.store.peer_connected(str(address))
-        except (OSError, ValueError, trio.TooSlowError, TransportError) as exc:
-            log.info("address %s announced by its peer does not answer: %s", address,
-                     getattr(exc, "reason", None) or exc)
+            problem = await probe_address(self.network, self.key, address, self.config.network_key,
+                                          self.config.handshake_timeout, "probe: address verified")
+            if problem is None:
+                self.store.peer_connected(str(address))
+            else:
+                log.info("address %s announced by its peer does not answer: %s", address, problem)
         finally:
             self.probing.discard(str(address))
+
+    def hello_received(self, session: Session, hello: wire.Hello) -> None:
+        """What a peer's hello tells about us: the IP it sees us at (spec/peers.md, "Your own address"); then
+        ask it to dial us back, if our address needs more checks ("Reachability")."""
+        if self.me.observe(session.key, hello.observed):
+            self.address = self.me.address()
+            log.info("peers agree they see this node at %s: now advertising %s", self.me.public_ip(), self.address)
+            self._notify()
+        address = self.me.should_ask(session.key, trio.current_time())
+        if address is not None:
+            self._nursery_send(session, [wire.Check(address)])
+
+    def answer_check(self, session: Session, check: wire.Check) -> None:
+        """Dial a peer back at the address it asks about, in the background, and tell it what happened."""
+        now = trio.current_time()
+        if now - session.last_check < CHECK_MIN_GAP:
+            return  # one check a minute per connection; more are ignored
+        session.last_check = now
+        try:
+            address = parse_address(check.address)
+        except ProtocolError as exc:
+            self._nursery_send(session, [wire.Checked(check.address, False, exc.reason)])
+            return
+        if address.key != session.key:
+            self._nursery_send(session, [wire.Checked(check.address, False,
+                                                      "invalid: the address does not name your key")])
+            return
+        if self.checking >= self.config.max_probes:
+            self._nursery_send(session, [wire.Checked(check.address, False, "rate-limited: too many checks")])
+            return
+        self.checking += 1
+
+        async def dial_back() -> None:
+            try:
+                problem = await probe_address(self.network, self.key, address, self.config.network_key,
+                                              self.config.handshake_timeout, "probe: reachability check")
+            finally:
+                self.checking -= 1
+            if session.closing is None:
+                try:
+                    await session.send(wire.Checked(check.address, problem is None, problem or ""))
+                except PeerGone as exc:
+                    session.close(exc.reason)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(self._contained, dial_back)
 
     def learn_address_text(self, text: str, source: str) -> None:
         try:
@@ -606,7 +653,7 @@ class Node:
             except TransportError as exc:
                 log.info("inbound handshake failed: %s", exc.reason)
                 return
-            await self._run_session(Session(self, conn, outbound=False))
+            await self._run_session(Session(self, conn, outbound=False, remote_ip=remote_ip(stream)))
         finally:
             self.inbound -= 1
 
@@ -658,7 +705,7 @@ class Node:
                 return
             self.dial_problems.connected(address)
             self.store.peer_connected(address)
-            session = Session(self, conn, outbound=True, address=address)
+            session = Session(self, conn, outbound=True, address=address, remote_ip=remote_ip(stream))
             started = trio.current_time()
             await self._run_session(session)
             # a session that was refused or broke off at once is a failure for the backoff, so that a peer
@@ -709,6 +756,9 @@ class Node:
                 "sent": s.sent_entries,
             } for s in self.sessions.values() if s.closing is None],
             "dial_problems": self.dial_problems.report(),
+            "addresses": self.me.all_addresses(),
+            "public_ip": self.me.public_ip(),
+            "reachability": self.me.reachability(),
         }
 
 
