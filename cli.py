@@ -325,6 +325,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--hops", type=click.IntRange(0, 6), default=2, show_default=True,
               help="Also replicate feeds followed by followed feeds, up to this many hops.")
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
+@click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
 @click.pass_context
@@ -346,7 +347,7 @@ def run(ctx: click.Context, **params: Any) -> None:
         if runtime_info(home):
             raise UserError(f"a node is already running on {home}")
         config = NodeConfig(listen_host=host, listen_port=port, advertise_host=settings["advertise"],
-                            hops=settings["hops"], relay=settings["relay"])
+                            hops=settings["hops"], relay=settings["relay"], lan_discovery=not settings["no_lan"])
         try:
             run_node(home, config, seeds)
         except ConfigError as exc:

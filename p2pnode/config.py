@@ -19,6 +19,7 @@ SETTINGS: dict[str, tuple[str, type | tuple[type, ...], str]] = {
     "hops": ("hops", int, "an integer from 0 to 6"),
     "relay": ("relay", bool, "true or false"),
     "log-level": ("log_level", str, "one of debug, info, warning, error"),
+    "no-lan": ("no_lan", bool, "true or false"),
 }
 
 

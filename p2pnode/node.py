@@ -20,6 +20,7 @@ from protocol.ids import Address, feed_id, parse_address
 from protocol.log import CONTACT_TYPES, Entry, peek_author
 
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
+from .lan import lan_enabled, run_lan_discovery
 from .reach import CHECK_MIN_GAP, SelfAddress, probe_address, remote_ip
 from .seeds import DialProblems, classify
 from .store import IngestResult, Store
@@ -62,6 +63,7 @@ class NodeConfig:
     max_peer_wants: int = 100_000  # feeds one peer may ask for; beyond it the peer is dropped (rate-limited:)
     max_probes: int = 8  # announced addresses checked at once
     min_good_session: float = 30.0  # a session shorter than this counts as a failed dial for backoff
+    lan_discovery: bool = False  # publish and browse mDNS `_p2pnode._tcp` (p2pnode/lan.py); `run` turns it on
 
 
 class Network(Protocol):
@@ -393,6 +395,9 @@ class Node:
                                              self.config.listen_port, self._accept_contained)
             self.me.bound(host, port)
             self.address = self.me.address()
+            if lan_enabled(host, not self.config.lan_discovery):
+                nursery.start_soon(run_lan_discovery, self.owner, port, self.me.interfaces or [host],
+                                   self._found_on_lan)
             nursery.start_soon(self._survive, self._dial_loop)
             nursery.start_soon(self._survive, self._watch_store)
             task_status.started(self.address)
@@ -611,6 +616,11 @@ class Node:
 
         assert self._nursery is not None
         self._nursery.start_soon(self._contained, dial_back)
+
+    def _found_on_lan(self, address: Address) -> None:
+        if address.key != self.owner and address.key not in self.blocked:
+            if self.store.add_peer(str(address), address.key, "lan"):
+                log.info("found %s on the local network", address)
 
     def learn_address_text(self, text: str, source: str) -> None:
         try:
