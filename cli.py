@@ -29,6 +29,7 @@ from p2pnode.local import (
     view,
 )
 from p2pnode.node import DEFAULT_PORT, NodeConfig
+from p2pnode.proxy import ProxySettingError, make_network
 from p2pnode.reach import describe_reachability
 from p2pnode.runner import ConfigError, collect_seeds, parse_listen, run_node, setup_logging
 from p2pnode.store import StoredEntry, StoreError
@@ -45,7 +46,7 @@ def user_errors() -> Iterator[None]:
     """Turn every error that is the user's or the input's into one clear line."""
     try:
         yield
-    except (HomeError, StoreError, UserError, ConfigFileError, seedbook.SeedError) as exc:
+    except (HomeError, StoreError, UserError, ConfigFileError, seedbook.SeedError, ProxySettingError) as exc:
         raise click.ClickException(str(exc)) from None
     except InvalidId as exc:
         raise click.ClickException(exc.message) from None
@@ -325,6 +326,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--hops", type=click.IntRange(0, 6), default=2, show_default=True,
               help="Also replicate feeds followed by followed feeds, up to this many hops.")
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
+@click.option("--proxy", default=None, metavar="socks5://HOST:PORT",
+              help="Open every outbound connection through this SOCKS5 proxy (e.g. Tor's); needed for .onion.")
 @click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
@@ -347,7 +350,9 @@ def run(ctx: click.Context, **params: Any) -> None:
         if runtime_info(home):
             raise UserError(f"a node is already running on {home}")
         config = NodeConfig(listen_host=host, listen_port=port, advertise_host=settings["advertise"],
-                            hops=settings["hops"], relay=settings["relay"], lan_discovery=not settings["no_lan"])
+                            hops=settings["hops"], relay=settings["relay"], lan_discovery=not settings["no_lan"],
+                            proxy=settings["proxy"])
+        make_network(config.proxy)  # a bad --proxy is a one-line error before anything starts
         try:
             run_node(home, config, seeds)
         except ConfigError as exc:

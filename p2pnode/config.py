@@ -20,6 +20,7 @@ SETTINGS: dict[str, tuple[str, type | tuple[type, ...], str]] = {
     "relay": ("relay", bool, "true or false"),
     "log-level": ("log_level", str, "one of debug, info, warning, error"),
     "no-lan": ("no_lan", bool, "true or false"),
+    "proxy": ("proxy", str, "a string socks5://HOST:PORT"),
 }
 
 

@@ -64,6 +64,7 @@ class NodeConfig:
     max_probes: int = 8  # announced addresses checked at once
     min_good_session: float = 30.0  # a session shorter than this counts as a failed dial for backoff
     lan_discovery: bool = False  # publish and browse mDNS `_p2pnode._tcp` (p2pnode/lan.py); `run` turns it on
+    proxy: str | None = None  # socks5://HOST:PORT for every outbound connection (p2pnode/proxy.py); off LAN
 
 
 class Network(Protocol):
@@ -395,7 +396,7 @@ class Node:
                                              self.config.listen_port, self._accept_contained)
             self.me.bound(host, port)
             self.address = self.me.address()
-            if lan_enabled(host, not self.config.lan_discovery):
+            if lan_enabled(host, not self.config.lan_discovery or self.config.proxy is not None):
                 nursery.start_soon(run_lan_discovery, self.owner, port, self.me.interfaces or [host],
                                    self._found_on_lan)
             nursery.start_soon(self._survive, self._dial_loop)
@@ -761,6 +762,7 @@ class Node:
                 "id": feed_id(s.key),
                 "address": s.address or (s.hello.address if s.hello else None),
                 "direction": "outbound" if s.outbound else "inbound",
+                "remote_ip": s.remote_ip,
                 "in_sync": s.in_sync(clock),
                 "received": s.received_entries,
                 "sent": s.sent_entries,
