@@ -291,8 +291,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         running = runtime_info(node.home)
         data["running"] = bool(running)
         if running:
-            data.update({k: running[k] for k in ("address", "addresses", "reachability", "peers", "dial_problems")
-                         if k in running})
+            data.update({k: running[k] for k in ("address", "addresses", "reachability", "port_mapping", "peers",
+                                                 "dial_problems") if k in running})
     if as_json:
         emit(data)
         return
@@ -303,6 +303,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
                            f"{'in sync' if peer.get('in_sync') else 'syncing'}")
         elif key == "reachability":
             click.echo(f"reachable: {describe_reachability(value, time.time())}")
+        elif key == "port_mapping":
+            click.echo(f"router port mapping (UPnP): {value.get('state')}: {value.get('detail')}")
         elif key == "addresses":
             click.echo(f"addresses: {' '.join(value)}")
         elif key == "dial_problems":
@@ -328,6 +330,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
 @click.option("--proxy", default=None, metavar="socks5://HOST:PORT",
               help="Open every outbound connection through this SOCKS5 proxy (e.g. Tor's); needed for .onion.")
+@click.option("--no-upnp", is_flag=True, help="Do not ask the home router to forward the port (UPnP).")
 @click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
@@ -351,7 +354,7 @@ def run(ctx: click.Context, **params: Any) -> None:
             raise UserError(f"a node is already running on {home}")
         config = NodeConfig(listen_host=host, listen_port=port, advertise_host=settings["advertise"],
                             hops=settings["hops"], relay=settings["relay"], lan_discovery=not settings["no_lan"],
-                            proxy=settings["proxy"])
+                            proxy=settings["proxy"], upnp=not settings["no_upnp"])
         make_network(config.proxy)  # a bad --proxy is a one-line error before anything starts
         try:
             run_node(home, config, seeds)

@@ -12,6 +12,8 @@ fi
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v microsocks >/dev/null 2>&1 || need+=(microsocks)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v miniupnpd >/dev/null 2>&1 || need+=(miniupnpd-nftables)
 if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 install -y -q "${need[@]}" >/dev/null \

@@ -21,6 +21,7 @@ SETTINGS: dict[str, tuple[str, type | tuple[type, ...], str]] = {
     "log-level": ("log_level", str, "one of debug, info, warning, error"),
     "no-lan": ("no_lan", bool, "true or false"),
     "proxy": ("proxy", str, "a string socks5://HOST:PORT"),
+    "no-upnp": ("no_upnp", bool, "true or false"),
 }
 
 

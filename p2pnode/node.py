@@ -21,7 +21,8 @@ from protocol.log import CONTACT_TYPES, Entry, peek_author
 
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
 from .lan import lan_enabled, run_lan_discovery
-from .reach import CHECK_MIN_GAP, SelfAddress, probe_address, remote_ip
+from .nat import PortMapping, run_port_mapping, upnp_enabled
+from .reach import CHECK_BUDGET, CHECK_WINDOW, SelfAddress, probe_address, remote_ip
 from .seeds import DialProblems, classify
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
@@ -65,6 +66,7 @@ class NodeConfig:
     min_good_session: float = 30.0  # a session shorter than this counts as a failed dial for backoff
     lan_discovery: bool = False  # publish and browse mDNS `_p2pnode._tcp` (p2pnode/lan.py); `run` turns it on
     proxy: str | None = None  # socks5://HOST:PORT for every outbound connection (p2pnode/proxy.py); off LAN
+    upnp: bool = False  # ask the home router to forward our port (p2pnode/nat.py); `run` turns it on
 
 
 class Network(Protocol):
@@ -117,7 +119,7 @@ class Session:
     received_entries: int = 0
     sent_entries: int = 0
     remote_ip: str | None = None  # where a direct connection comes from: told to the peer in hello.observed
-    last_check: float = -1e9  # when this peer last asked us to dial it back
+    checks_answered: list[float] = field(default_factory=list)  # when this peer asked us to dial it back
 
     def __post_init__(self) -> None:
         # received batches flow: receive loop -> verifier -> ingester, two batches in flight at each step
@@ -359,6 +361,7 @@ class Node:
         self.address: Address | None = None
         self.me = SelfAddress(self.owner, self.config.advertise_host, self.config.listen_host)
         self.checking = 0  # dial-back checks running for peers
+        self.port_mapping: PortMapping | None = None  # UPnP, when it runs
         self.sessions: dict[bytes, Session] = {}
         self.inbound = 0
         self.dialing: set[str] = set()
@@ -399,6 +402,9 @@ class Node:
             if lan_enabled(host, not self.config.lan_discovery or self.config.proxy is not None):
                 nursery.start_soon(run_lan_discovery, self.owner, port, self.me.interfaces or [host],
                                    self._found_on_lan)
+            if upnp_enabled(host, not self.config.upnp or self.config.proxy is not None):
+                self.port_mapping = PortMapping()
+                nursery.start_soon(run_port_mapping, port, self.port_mapping, self._port_mapped)
             nursery.start_soon(self._survive, self._dial_loop)
             nursery.start_soon(self._survive, self._watch_store)
             task_status.started(self.address)
@@ -576,19 +582,35 @@ class Node:
         """What a peer's hello tells about us: the IP it sees us at (spec/peers.md, "Your own address"); then
         ask it to dial us back, if our address needs more checks ("Reachability")."""
         if self.me.observe(session.key, hello.observed):
-            self.address = self.me.address()
-            log.info("peers agree they see this node at %s: now advertising %s", self.me.public_ip(), self.address)
-            self._notify()
+            log.info("peers agree they see this node at %s", self.me.public_ip())
+            self._address_changed()
         address = self.me.should_ask(session.key, trio.current_time())
         if address is not None:
             self._nursery_send(session, [wire.Check(address)])
 
+    def _port_mapped(self, external: tuple[str, int] | None) -> None:
+        if external != self.me.mapped:
+            self.me.mapped = external
+            self.me.recheck()  # earlier checks saw the router closed
+            self._address_changed()
+
+    def _address_changed(self) -> None:
+        """Advertise the new address from now on, and ask connected peers to check it."""
+        self.address = self.me.address()
+        log.info("this node's address is now %s", self.address)
+        for session in list(self.sessions.values()):
+            address = self.me.should_ask(session.key, trio.current_time()) if session.closing is None else None
+            if address is not None:
+                self._nursery_send(session, [wire.Check(address)])
+        self._notify()
+
     def answer_check(self, session: Session, check: wire.Check) -> None:
         """Dial a peer back at the address it asks about, in the background, and tell it what happened."""
         now = trio.current_time()
-        if now - session.last_check < CHECK_MIN_GAP:
-            return  # one check a minute per connection; more are ignored
-        session.last_check = now
+        session.checks_answered = [t for t in session.checks_answered if now - t < CHECK_WINDOW]
+        if len(session.checks_answered) >= CHECK_BUDGET:
+            return  # more checks than the budget on this connection are ignored
+        session.checks_answered.append(now)
         try:
             address = parse_address(check.address)
         except ProtocolError as exc:
@@ -771,6 +793,8 @@ class Node:
             "addresses": self.me.all_addresses(),
             "public_ip": self.me.public_ip(),
             "reachability": self.me.reachability(),
+            "port_mapping": self.port_mapping.report() if self.port_mapping else {
+                "state": "off", "detail": "off (--no-upnp, --proxy, or listening on loopback)"},
         }
 
 

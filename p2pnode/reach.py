@@ -26,7 +26,8 @@ OBSERVED_QUORUM = 2  # distinct peers that must report the same IP before it is 
 MAX_OBSERVATIONS = 64
 CHECK_PEERS = 3  # peers asked to dial us back for each address
 CHECK_INTERVAL = 600.0  # seconds before an address is checked again
-CHECK_MIN_GAP = 60.0  # a peer answers at most one check per connection in this many seconds
+CHECK_BUDGET = 4  # a peer answers at most this many checks per connection in CHECK_WINDOW seconds
+CHECK_WINDOW = 600.0
 
 
 def interface_ips() -> list[str]:
@@ -102,7 +103,8 @@ class SelfAddress:
         self.checks: list[CheckResult] = []
         self.asked: dict[str, set[bytes]] = {}  # address -> peers asked to check it
         self.asked_at: dict[str, float] = {}
-        self.extra: list[str] = []  # other hosts that reach us (an onion service, a mapped port's IP)
+        self.extra: list[str] = []  # other hosts that reach us (an onion service)
+        self.mapped: tuple[str, int] | None = None  # the router's external IP and port forwarded to us (UPnP)
 
     def bound(self, host: str, port: int) -> None:
         self.listen_host = host
@@ -117,27 +119,33 @@ class SelfAddress:
                 return ip
         return None
 
-    def host(self) -> str:
-        """The host others should dial: --advertise, a specific listen host, an agreed public IP, an interface
-        address, and only when there is nothing else 127.0.0.1."""
+    def host_port(self) -> tuple[str, int]:
+        """Where others should dial: --advertise, the router's port mapping, a specific listen host, an agreed
+        public IP, an interface address, and only when there is nothing else 127.0.0.1."""
         if self.advertise:
-            return self.advertise
+            return self.advertise, self.port
+        if self.mapped is not None:
+            return self.mapped
         if not is_wildcard(self.listen_host):
-            return self.listen_host
+            return self.listen_host, self.port
         public = self.public_ip()
         if public is not None:
-            return public
+            return public, self.port
         if self.interfaces:
-            return self.interfaces[0]
-        return "127.0.0.1"
+            return self.interfaces[0], self.port
+        return "127.0.0.1", self.port
+
+    def host(self) -> str:
+        return self.host_port()[0]
 
     def address(self) -> Address:
-        return Address(self.host(), self.port, self.owner)
+        host, port = self.host_port()
+        return Address(host, port, self.owner)
 
     def all_addresses(self) -> list[str]:
         """Every address that may reach us: the advertised one, the extra ones (onion, UPnP), the interfaces'."""
-        seen: list[str] = []
-        for host in [self.host(), *self.extra, *self.interfaces]:
+        seen = [str(self.address())]
+        for host in [*self.extra, *self.interfaces]:
             text = str(Address(host, self.port, self.owner))
             if text not in seen:
                 seen.append(text)
@@ -148,12 +156,12 @@ class SelfAddress:
         usable = usable_observation(ip)
         if usable is None:
             return False
-        before = self.host()
+        before = self.address()
         self.observed.pop(peer, None)
         self.observed[peer] = usable
         while len(self.observed) > MAX_OBSERVATIONS:
             del self.observed[next(iter(self.observed))]
-        return self.host() != before
+        return self.address() != before
 
     # ------------------------------------------------------------ reachability
 
@@ -169,6 +177,12 @@ class SelfAddress:
         asked.add(peer)
         self.asked_at.setdefault(address, now)
         return address
+
+    def recheck(self) -> None:
+        """Forget the checks so far: something that decides reachability changed (a router port mapping)."""
+        self.checks.clear()
+        self.asked.clear()
+        self.asked_at.clear()
 
     def record(self, peer: bytes, result: wire.Checked) -> None:
         if result.address != str(self.address()):

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,90 @@ def open_lab() -> Iterator[Lab]:
         yield made
     finally:
         made.close()
+
+
+class HomeBehindNat:
+    """Three namespaces: `home` (192.168.77.2/24, default route via the router) behind `router`, which
+    masquerades it onto `net` (11.77.0.1/24; the outside: 11.77.0.2). The outside addresses are public-looking
+    on purpose (miniupnpd refuses to map onto a private or reserved external address); they exist only in these
+    namespaces, which have no link to the machine's own network. With `upnp`, Debian's miniupnpd runs on the
+    router and may forward ports from 11.77.0.1 to the home namespace."""
+
+    HOME_IP, ROUTER_LAN_IP, ROUTER_WAN_IP, OUTSIDE_IP = "192.168.77.2", "192.168.77.1", "11.77.0.1", "11.77.0.2"
+
+    def __init__(self, lab: Lab, workdir: Path, upnp: bool) -> None:
+        self.lab = lab
+        self.home, self.router, self.net = lab.namespace("h"), lab.namespace("r"), lab.namespace("n")
+        _, lan = lab.link(self.home, f"{self.HOME_IP}/24", self.router, f"{self.ROUTER_LAN_IP}/24")
+        wan, _ = lab.link(self.router, f"{self.ROUTER_WAN_IP}/24", self.net, f"{self.OUTSIDE_IP}/24")
+        lab.run(self.home, "ip", "route", "add", "default", "via", self.ROUTER_LAN_IP)
+        lab.run(self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        rules = workdir / "router.nft"
+        rules.write_text(_ROUTER_RULES.format(lan=lan, wan=wan))
+        lab.run(self.router, "nft", "-f", str(rules))
+        self.miniupnpd: subprocess.Popen[bytes] | None = None
+        if upnp:
+            conf = workdir / "miniupnpd.conf"
+            conf.write_text(_MINIUPNPD_CONF.format(lan=lan, wan=wan, net="192.168.77.0/24"))
+            self.log_path = workdir / "miniupnpd.log"
+            with open(self.log_path, "wb") as log:
+                self.miniupnpd = subprocess.Popen(
+                    [*lab.exec(self.router), require_command("miniupnpd", "miniupnpd"), "-f", str(conf), "-d",
+                     "-P", str(workdir / "miniupnpd.pid")], stdout=log, stderr=subprocess.STDOUT)
+
+    def mappings(self) -> str:
+        """The router's UPnP DNAT rules (nft), to see a mapping appear and go."""
+        return self.lab.run(self.router, "nft", "list", "chain", "inet", "filter", "UPnP")
+
+    def close(self) -> None:
+        if self.miniupnpd is not None and self.miniupnpd.poll() is None:
+            self.miniupnpd.terminate()
+            try:
+                self.miniupnpd.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.miniupnpd.kill()
+                self.miniupnpd.wait()
+
+
+_ROUTER_RULES = """
+table inet filter {{
+  chain forward {{
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    iifname "{lan}" oifname "{wan}" accept
+    jump forwardUPnP
+  }}
+  chain forwardUPnP {{
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority -100; policy accept;
+    jump UPnP
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority 100; policy accept;
+    jump UPnPpost
+    oifname "{wan}" masquerade
+  }}
+  chain UPnP {{
+  }}
+  chain UPnPpost {{
+  }}
+}}
+"""
+
+_MINIUPNPD_CONF = """ext_ifname={wan}
+listening_ip={lan}
+http_port=0
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+system_uptime=yes
+uuid=3b1f6c1e-5d6a-4f3e-9a51-2c1d0e7f8a90
+upnp_table_name=filter
+upnp_nat_table_name=filter
+upnp_forward_chain=forwardUPnP
+upnp_nat_chain=UPnP
+upnp_nat_postrouting_chain=UPnPpost
+allow 1024-65535 {net} 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""

@@ -134,7 +134,7 @@ def test_unreachable_address_is_reported_with_the_reason(tmp_path: Path, nodes: 
 def test_wildcard_node_learns_the_ip_two_peers_see(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     home = tmp_path / "a"
     a_id = init_home(home)
-    nodes.append(a := NodeProcess(home, "--listen", "0.0.0.0:0", "--no-lan"))
+    nodes.append(a := NodeProcess(home, "--listen", "0.0.0.0:0", "--no-lan", "--no-upnp"))
     interfaces = interface_ips()
     host = parse_address(a.address).host
     assert host == (interfaces[0] if interfaces else "127.0.0.1")  # never 127.0.0.1 when there is better
