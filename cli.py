@@ -16,7 +16,7 @@ from click.core import ParameterSource
 
 from p2pnode import seeds as seedbook
 from p2pnode.config import ConfigFileError, merge_config
-from p2pnode.home import HomeError, default_home, load_identity
+from p2pnode.home import ONION_KEY_FILE, HomeError, default_home, load_identity
 from p2pnode.local import (
     Local,
     UserError,
@@ -291,8 +291,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         running = runtime_info(node.home)
         data["running"] = bool(running)
         if running:
-            data.update({k: running[k] for k in ("address", "addresses", "reachability", "port_mapping", "peers",
-                                                 "dial_problems") if k in running})
+            data.update({k: running[k] for k in ("address", "addresses", "reachability", "port_mapping", "onion",
+                                                 "peers", "dial_problems") if k in running})
     if as_json:
         emit(data)
         return
@@ -303,6 +303,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
                            f"{'in sync' if peer.get('in_sync') else 'syncing'}")
         elif key == "reachability":
             click.echo(f"reachable: {describe_reachability(value, time.time())}")
+        elif key == "onion":
+            if value:
+                click.echo(f"onion service (Tor): {value.get('state')}: {value.get('detail')}")
         elif key == "port_mapping":
             click.echo(f"router port mapping (UPnP): {value.get('state')}: {value.get('detail')}")
         elif key == "addresses":
@@ -330,6 +333,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
 @click.option("--proxy", default=None, metavar="socks5://HOST:PORT",
               help="Open every outbound connection through this SOCKS5 proxy (e.g. Tor's); needed for .onion.")
+@click.option("--tor-control", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+              help="Publish this node as a Tor onion service through Tor's control port on 127.0.0.1.")
 @click.option("--no-upnp", is_flag=True, help="Do not ask the home router to forward the port (UPnP).")
 @click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
@@ -354,7 +359,8 @@ def run(ctx: click.Context, **params: Any) -> None:
             raise UserError(f"a node is already running on {home}")
         config = NodeConfig(listen_host=host, listen_port=port, advertise_host=settings["advertise"],
                             hops=settings["hops"], relay=settings["relay"], lan_discovery=not settings["no_lan"],
-                            proxy=settings["proxy"], upnp=not settings["no_upnp"])
+                            proxy=settings["proxy"], upnp=not settings["no_upnp"],
+                            tor_control=settings["tor_control"], onion_key_file=str(home / ONION_KEY_FILE))
         make_network(config.proxy)  # a bad --proxy is a one-line error before anything starts
         try:
             run_node(home, config, seeds)

@@ -13,6 +13,7 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v microsocks >/dev/null 2>&1 || need+=(microsocks)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v tor >/dev/null 2>&1 || need+=(tor)
 command -v miniupnpd >/dev/null 2>&1 || need+=(miniupnpd-nftables)
 if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive

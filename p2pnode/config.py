@@ -22,6 +22,7 @@ SETTINGS: dict[str, tuple[str, type | tuple[type, ...], str]] = {
     "no-lan": ("no_lan", bool, "true or false"),
     "proxy": ("proxy", str, "a string socks5://HOST:PORT"),
     "no-upnp": ("no_upnp", bool, "true or false"),
+    "tor-control": ("tor_control", int, "a port number"),
 }
 
 

@@ -16,6 +16,7 @@ SECRET_FILE = "secret"
 STORE_FILE = "store.sqlite3"
 SEEDS_FILE = "seeds"
 RUNTIME_FILE = "node.json"
+ONION_KEY_FILE = "onion_key"
 
 
 class HomeError(Exception):

@@ -8,6 +8,7 @@ import random
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import nacl.signing
@@ -22,7 +23,8 @@ from protocol.log import CONTACT_TYPES, Entry, peek_author
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
 from .lan import lan_enabled, run_lan_discovery
 from .nat import PortMapping, run_port_mapping, upnp_enabled
-from .reach import CHECK_BUDGET, CHECK_WINDOW, SelfAddress, probe_address, remote_ip
+from .onion import OnionState, run_onion_service
+from .reach import CHECK_BUDGET, CHECK_WINDOW, SelfAddress, is_wildcard, probe_address, remote_ip
 from .seeds import DialProblems, classify
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
@@ -67,6 +69,8 @@ class NodeConfig:
     lan_discovery: bool = False  # publish and browse mDNS `_p2pnode._tcp` (p2pnode/lan.py); `run` turns it on
     proxy: str | None = None  # socks5://HOST:PORT for every outbound connection (p2pnode/proxy.py); off LAN
     upnp: bool = False  # ask the home router to forward our port (p2pnode/nat.py); `run` turns it on
+    tor_control: int | None = None  # publish an onion service through Tor's control port (p2pnode/onion.py)
+    onion_key_file: str | None = None  # where the onion service's key is kept (`run`: <home>/onion_key)
 
 
 class Network(Protocol):
@@ -362,6 +366,7 @@ class Node:
         self.me = SelfAddress(self.owner, self.config.advertise_host, self.config.listen_host)
         self.checking = 0  # dial-back checks running for peers
         self.port_mapping: PortMapping | None = None  # UPnP, when it runs
+        self.onion: OnionState | None = None  # the Tor onion service, when asked for
         self.sessions: dict[bytes, Session] = {}
         self.inbound = 0
         self.dialing: set[str] = set()
@@ -405,6 +410,12 @@ class Node:
             if upnp_enabled(host, not self.config.upnp or self.config.proxy is not None):
                 self.port_mapping = PortMapping()
                 nursery.start_soon(run_port_mapping, port, self.port_mapping, self._port_mapped)
+            if self.config.tor_control is not None:
+                self.onion = OnionState()
+                key_file = Path(self.config.onion_key_file) if self.config.onion_key_file else None
+                nursery.start_soon(run_onion_service, self.config.tor_control, port,
+                                   "127.0.0.1" if is_wildcard(host) else host, key_file, self.onion,
+                                   self._onion_published)
             nursery.start_soon(self._survive, self._dial_loop)
             nursery.start_soon(self._survive, self._watch_store)
             task_status.started(self.address)
@@ -593,6 +604,10 @@ class Node:
             self.me.mapped = external
             self.me.recheck()  # earlier checks saw the router closed
             self._address_changed()
+
+    def _onion_published(self, onion: str | None) -> None:
+        self.me.onion = onion
+        self._address_changed()
 
     def _address_changed(self) -> None:
         """Advertise the new address from now on, and ask connected peers to check it."""
@@ -793,6 +808,7 @@ class Node:
             "addresses": self.me.all_addresses(),
             "public_ip": self.me.public_ip(),
             "reachability": self.me.reachability(),
+            "onion": self.onion.report() if self.onion else None,
             "port_mapping": self.port_mapping.report() if self.port_mapping else {
                 "state": "off", "detail": "off (--no-upnp, --proxy, or listening on loopback)"},
         }

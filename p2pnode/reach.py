@@ -105,6 +105,7 @@ class SelfAddress:
         self.asked_at: dict[str, float] = {}
         self.extra: list[str] = []  # other hosts that reach us (an onion service)
         self.mapped: tuple[str, int] | None = None  # the router's external IP and port forwarded to us (UPnP)
+        self.onion: str | None = None  # HOST.onion of our onion service, same port
 
     def bound(self, host: str, port: int) -> None:
         self.listen_host = host
@@ -124,6 +125,8 @@ class SelfAddress:
         public IP, an interface address, and only when there is nothing else 127.0.0.1."""
         if self.advertise:
             return self.advertise, self.port
+        if self.onion is not None:
+            return self.onion, self.port
         if self.mapped is not None:
             return self.mapped
         if not is_wildcard(self.listen_host):
