@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -35,7 +35,8 @@ def service_name(owner: bytes) -> str:
     return f"p2pnode-{feed_id(owner)[1:17]}.{SERVICE_TYPE}"
 
 
-async def run_lan_discovery(owner: bytes, port: int, hosts: list[str], found: Callable[[Address], None]) -> None:
+async def run_lan_discovery(owner: bytes, port: int, hosts: list[str],
+                            found: Callable[[Address], Awaitable[None]]) -> None:
     """Publish this node at `hosts`:`port` and report every other node found with `found(address)`, until
     cancelled; then unpublish. `hosts`: this node's interface addresses (the ones its LAN peers can dial).
     A failure of mDNS itself (no multicast, port 5353 taken) is logged in one line; the node goes on."""
@@ -45,7 +46,7 @@ async def run_lan_discovery(owner: bytes, port: int, hosts: list[str], found: Ca
         log.warning("LAN discovery stopped: %s: %s", type(exc).__name__, exc)
 
 
-async def _discover(owner: bytes, port: int, hosts: list[str], found: Callable[[Address], None]) -> None:
+async def _discover(owner: bytes, port: int, hosts: list[str], found: Callable[[Address], Awaitable[None]]) -> None:
     from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
     token = trio.lowlevel.current_trio_token()
@@ -78,7 +79,7 @@ async def _discover(owner: bytes, port: int, hosts: list[str], found: Callable[[
                 continue
             peer = await trio.to_thread.run_sync(zc.get_service_info, SERVICE_TYPE, name, LOOKUP_TIMEOUT_MS)
             for address in _addresses(peer, owner):
-                found(address)
+                await found(address)
     finally:
         with trio.CancelScope(shield=True):
             if browser is not None:

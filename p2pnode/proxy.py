@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 import trio
+
+from .network import TcpNetwork
 
 DEFAULT_SOCKS_PORT = 1080
 
@@ -36,15 +36,8 @@ def is_onion(host: str) -> bool:
     return host.lower().rstrip(".").endswith(".onion")
 
 
-class DirectNetwork:
+class DirectNetwork(TcpNetwork):
     """Real TCP without a proxy; refuses `.onion` hosts instead of leaking them to DNS."""
-
-    async def serve(self, host: str, port: int, handler: Callable[[trio.abc.Stream], Awaitable[None]],
-                    *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        sockname = listeners[0].socket.getsockname()
-        task_status.started((sockname[0], sockname[1]))
-        await trio.serve_listeners(handler, listeners)
 
     async def dial(self, host: str, port: int) -> trio.abc.Stream:
         if is_onion(host):

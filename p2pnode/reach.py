@@ -1,7 +1,9 @@
-# Knowing this node's own address and whether others can reach it (spec/peers.md, "Your own address" and
-# "Reachability"): the machine's interface addresses, the IP each peer says it sees us connect from (hello's
-# `observed`), the address to advertise (--advertise, else a specific listen host, else a public IP that
-# several peers agree on, else an interface address), and the answers of peers asked to dial us back.
+# Knowing this node's own address and whether others can reach it (spec/peers.md, "Your own address",
+# "Reachability", "LAN discovery", "Port mapping", "Onion service"): the machine's interface addresses, the IP
+# each peer says it sees us connect from (hello's `observed`), the address to advertise (--advertise, an onion
+# service, a router port mapping, a specific listen host, a public IP that several peers agree on, an interface
+# address), the answers of peers asked to dial us back, and the services that change the address (LAN
+# discovery, UPnP, Tor). `Reach` is the node's part that runs them; SelfAddress holds the state.
 from __future__ import annotations
 
 import ipaddress
@@ -9,16 +11,26 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import nacl.signing
 import trio
 
 from protocol import wire
-from protocol.ids import Address
+from protocol.errors import ProtocolError
+from protocol.ids import Address, parse_address
 
 from .connection import TransportError, client_handshake
-from .seeds import classify
+from .lan import lan_enabled, run_lan_discovery
+from .nat import PortMapping, run_port_mapping, upnp_enabled
+from .onion import OnionState, run_onion_service
+from .seeds import DialProblems, classify
+from .store import Store
+
+if TYPE_CHECKING:
+    from .node import Node
+    from .session import Session
 
 log = logging.getLogger("p2pnode.reach")
 
@@ -250,3 +262,125 @@ async def probe_address(network: Any, key: nacl.signing.SigningKey, address: Add
     except (OSError, ValueError, trio.TooSlowError, TransportError) as exc:
         return classify(str(address), address.key, exc, timeout).text
     return None
+
+
+class Reach:
+    """The node's own address and the services around it; `node.reach`."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        config = node.config
+        self.me = SelfAddress(node.owner, config.advertise_host, config.listen_host)
+        self.dial_problems = DialProblems()  # what each failed dial found; the addresses given up on
+        self.checking = 0  # dial-back checks running for peers
+        self.port_mapping: PortMapping | None = None
+        self.onion: OnionState | None = None
+
+    def start(self, nursery: trio.Nursery, host: str, port: int) -> Address:
+        """The node listens at host:port: choose its address, start LAN discovery, UPnP and Tor as configured."""
+        node, config = self.node, self.node.config
+        self.me.bound(host, port)
+        if lan_enabled(host, not config.lan_discovery or config.proxy is not None):
+            nursery.start_soon(run_lan_discovery, node.owner, port, self.me.interfaces or [host], self._found_on_lan)
+        if upnp_enabled(host, not config.upnp or config.proxy is not None):
+            self.port_mapping = PortMapping()
+            nursery.start_soon(run_port_mapping, port, self.port_mapping, self._port_mapped)
+        if config.tor_control is not None:
+            self.onion = OnionState()
+            key_file = Path(config.onion_key_file) if config.onion_key_file else None
+            nursery.start_soon(run_onion_service, config.tor_control, port, "127.0.0.1" if is_wildcard(host) else host,
+                               key_file, self.onion, self._onion_published)
+        return self.me.address()
+
+    async def _found_on_lan(self, address: Address) -> None:
+        node = self.node
+        if address.key != node.owner and address.key not in node.blocked:
+            if await node.db.write(Store.add_peer, str(address), address.key, "lan"):
+                log.info("found %s on the local network", address)
+
+    def _port_mapped(self, external: tuple[str, int] | None) -> None:
+        if external != self.me.mapped:
+            self.me.mapped = external
+            self.me.recheck()  # earlier checks saw the router closed
+            self._address_changed()
+
+    def _onion_published(self, onion: str | None) -> None:
+        self.me.onion = onion
+        self._address_changed()
+
+    def _address_changed(self) -> None:
+        """Advertise the new address from now on, and ask connected peers to check it."""
+        node = self.node
+        node.address = self.me.address()
+        log.info("this node's address is now %s", node.address)
+        for session in list(node.sessions.values()):
+            address = self.me.should_ask(session.key, trio.current_time()) if session.closing is None else None
+            if address is not None:
+                session.queue(wire.Check(address))
+        node.notify()
+
+    # ------------------------------------------------------------ from peers
+
+    def hello_received(self, session: Session, hello: wire.Hello) -> None:
+        """What a peer's hello tells about us: the IP it sees us at; then ask it to dial us back, if our
+        address needs more checks."""
+        if self.me.observe(session.key, hello.observed):
+            log.info("peers agree they see this node at %s", self.me.public_ip())
+            self._address_changed()
+        address = self.me.should_ask(session.key, trio.current_time())
+        if address is not None:
+            session.queue(wire.Check(address))
+
+    def checked(self, session: Session, result: wire.Checked) -> None:
+        self.me.record(session.key, result)
+        self.node.notify()
+
+    def answer_check(self, session: Session, check: wire.Check) -> None:
+        """Dial a peer back at the address it asks about, in the background, and tell it what happened."""
+        node = self.node
+        now = trio.current_time()
+        session.checks_answered = [t for t in session.checks_answered if now - t < CHECK_WINDOW]
+        if len(session.checks_answered) >= CHECK_BUDGET:
+            return  # more checks than the budget on this connection are ignored
+        session.checks_answered.append(now)
+        try:
+            address = parse_address(check.address)
+        except ProtocolError as exc:
+            session.queue(wire.Checked(check.address, False, exc.reason))
+            return
+        if address.key != session.key:
+            session.queue(wire.Checked(check.address, False, "invalid: the address does not name your key"))
+            return
+        if self.checking >= node.config.max_probes:
+            session.queue(wire.Checked(check.address, False, "rate-limited: too many checks at once"))
+            return
+        self.checking += 1
+
+        async def dial_back() -> None:
+            try:
+                problem = await probe_address(node.network, node.key, address, node.config.network_key,
+                                              node.config.handshake_timeout, "probe: reachability check")
+            finally:
+                self.checking -= 1
+            if session.closing is None:
+                session.queue(wire.Checked(check.address, problem is None, problem or ""))
+
+        assert node.nursery is not None
+        node.nursery.start_soon(self._contained, dial_back)
+
+    async def _contained(self, task: Any) -> None:
+        try:
+            await task()
+        except Exception:  # a bug in a check ends that check only
+            log.exception("error in a dial-back check; the node goes on")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "addresses": self.me.all_addresses(),
+            "public_ip": self.me.public_ip(),
+            "reachability": self.me.reachability(),
+            "onion": self.onion.report() if self.onion else None,
+            "port_mapping": self.port_mapping.report() if self.port_mapping else {
+                "state": "off", "detail": "off (--no-upnp, --proxy, or listening on loopback)"},
+            "dial_problems": self.dial_problems.report(),
+        }
