@@ -324,7 +324,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", show_default=True, metavar="HOST:PORT",
               help="Where to accept peers; port 0 picks a free one.")
 @click.option("--advertise", default=None, metavar="HOST",
-              help="The host others dial (default: the listen host; 127.0.0.1 when listening on all interfaces).")
+              help="The host others dial (default: the listen host; on all interfaces, the router's UPnP "
+                   "mapping, else the public IP two peers agree on, else this machine's address).")
 @click.option("--seed", "seed_options", multiple=True, metavar="ADDRESS", help="A peer to start from (repeatable).")
 @click.option("--seeds", "seeds_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A file of seed addresses, one per line (default: <home>/seeds).")
