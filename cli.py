@@ -292,7 +292,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         data["running"] = bool(running)
         if running:
             data.update({k: running[k] for k in ("address", "addresses", "reachability", "port_mapping", "onion",
-                                                 "peers", "dial_problems") if k in running})
+                                                 "peers", "syncing", "dial_problems") if k in running})
     if as_json:
         emit(data)
         return
@@ -314,6 +314,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
             for problem in value:
                 click.echo(f"cannot dial {problem.get('address')}: {problem.get('problem')}"
                            + (" (given up until the next run)" if problem.get("given_up") else ""))
+        elif key == "syncing":
+            for feed in value:
+                click.echo(f"syncing {feed.get('id')}: {feed.get('held', 0):,} of {feed.get('seen', 0):,}")
         elif key == "forked":
             click.echo(f"forked: {', '.join(value) if value else 'none'}")
         else:
