@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,6 +20,7 @@ from protocol.ids import feed_id, parse_address, parse_feed_id
 from .local import Local, runtime_info
 from .mutes import muted
 from .present import Names, when
+from .reach import describe_reachability
 from .render import terminal_text
 from .terminal import console, is_terminal
 
@@ -38,7 +40,8 @@ def status_data(node: Local) -> dict[str, Any]:
     running = runtime_info(node.home)
     data["running"] = bool(running)
     if running:
-        data.update({k: running[k] for k in ("address", "peers", "syncing") if k in running})
+        data.update({k: running[k] for k in ("address", "addresses", "reachability", "port_mapping", "onion",
+                                             "peers", "syncing", "dial_problems") if k in running})
     data["muting"] = len(muted(node.home))
     return data
 
@@ -80,6 +83,7 @@ def status_lines(data: dict[str, Any], names: Names) -> list[str]:
     if own is not None and names.store.profile_name(own) is not None:
         lines.append(f"name: {names.feed(own)}")
     lines.append(f"running: {'yes, at ' + str(data.get('address')) if data['running'] else 'no'}")
+    lines.extend(terminal_text(line) for line in _reach_lines(data))
     lines.append(f"feeds: {data['feeds']:,}")
     lines.append(f"entries: {data['entries']:,}")
     lines.append(f"following: {data['following']:,}  blocking: {data['blocking']:,}  muting: {data['muting']:,}")
@@ -99,6 +103,25 @@ def status_lines(data: dict[str, Any], names: Names) -> list[str]:
         more = peer.get("feeds_behind", 0) - len(peer.get("feeds", []))
         if more > 0:
             lines.append(f"    and {more:,} more feeds")
+    return lines
+
+
+def _reach_lines(data: dict[str, Any]) -> list[str]:
+    """How this node is reached (p2pnode/reach.py, proxy, UPnP, Tor) and the seeds it cannot dial."""
+    lines = []
+    if data.get("addresses"):
+        lines.append(f"addresses: {' '.join(str(a) for a in data['addresses'])}")
+    if "reachability" in data:
+        lines.append(f"reachable: {describe_reachability(data['reachability'], time.time())}")
+    mapping = data.get("port_mapping")
+    if mapping:
+        lines.append(f"router port mapping (UPnP): {mapping.get('state')}: {mapping.get('detail')}")
+    onion = data.get("onion")
+    if onion:
+        lines.append(f"onion service (Tor): {onion.get('state')}: {onion.get('detail')}")
+    for problem in data.get("dial_problems", []):
+        lines.append(f"cannot dial {problem.get('address')}: {problem.get('problem')}"
+                     + (" (given up until the next run)" if problem.get("given_up") else ""))
     return lines
 
 

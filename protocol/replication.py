@@ -73,6 +73,9 @@ class Replicator:
         self.streamer: dict[bytes, int] = {}  # feed -> handle of the peer streaming it to us
         self.lagging: dict[bytes, float] = {}  # feed -> since when a note has shown more than we hold
         self.last_progress: dict[bytes, float] = {}  # feed -> when its streamer last delivered or was asked
+        # wanted feeds some peer has noted beyond what we hold -> the highest such seq: all that the timer and
+        # the status look at, so their cost follows what is in flight, not how many feeds a relay holds
+        self.behind: dict[bytes, int] = {}
         self.touched: set[int] = set()
 
     # ------------------------------------------------------------ what we want
@@ -237,6 +240,7 @@ class Replicator:
         for feed, seq in seqs.items():
             if self.wants(feed) or feed in peer.their_want:
                 peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), seq)
+                self._seen(feed, seq)
             if self.streamer.get(feed) == handle:
                 self.last_progress[feed] = now
 
@@ -245,6 +249,7 @@ class Replicator:
         if not (self.wants(feed) or feed in peer.their_want):
             return  # nothing we would do with it: not kept, so a peer cannot grow our memory with it
         peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), seq)
+        self._seen(feed, seq)
         held = self.clock.get(feed, 0)
         if not self.wants(feed) or feed in peer.distrusted or seq <= held:
             return  # a peer is asked to stream only what it holds beyond us; notes bring the rest
@@ -254,6 +259,10 @@ class Replicator:
         elif current != peer.id:
             # the streaming peer may have the entry in flight: give it SWITCH_DELAY before asking another
             self.lagging.setdefault(feed, now)
+
+    def _seen(self, feed: bytes, seq: int) -> None:
+        if seq > self.clock.get(feed, 0) and seq > self.behind.get(feed, 0) and self.wants(feed):
+            self.behind[feed] = seq
 
     # ------------------------------------------------------------ our own progress
 
@@ -265,6 +274,8 @@ class Replicator:
                 continue
             self.clock[feed] = seq
             self.starts.pop(feed, None)
+            if seq >= self.behind.get(feed, seq + 1):
+                del self.behind[feed]
             if feed in self.lagging and seq >= self._best_seq(feed):
                 del self.lagging[feed]
             for peer in self.peers.values():
@@ -283,6 +294,7 @@ class Replicator:
         """The store dropped these feeds (a block): nothing of them is held, sent or streamed any more."""
         for feed in feeds:
             self.clock.pop(feed, None)
+            self.behind.pop(feed, None)
             self.low.pop(feed, None)
             self.backfilling.pop(feed, None)
             self._stop_streaming(feed)
@@ -350,8 +362,12 @@ class Replicator:
                 continue
             best = max(ahead, key=lambda p: p.their_seq.get(feed, 0))
             self._switch(feed, best, now)
-        for feed, handle in list(self.streamer.items()):
-            peer = self.peers.get(handle)
+        for feed in list(self.behind):
+            if not self.wants(feed) or self.behind[feed] <= self.clock.get(feed, 0):
+                del self.behind[feed]
+                continue
+            handle = self.streamer.get(feed)
+            peer = self.peers.get(handle) if handle is not None else None
             if peer is None:
                 continue
             claimed = peer.their_seq.get(feed, 0)
@@ -454,18 +470,14 @@ class Replicator:
         peer = self.peers.get(handle)
         if peer is None:
             return False
-        behind_them = any(seq > self.clock.get(f, 0) for f, seq in peer.their_seq.items() if self.wants(f))
-        behind_us = any(self.clock.get(f, 0) > peer.their_seq.get(f, 0) for f in peer.streaming_to)
+        behind_them = any(peer.their_seq.get(f, 0) > self.clock.get(f, 0) for f in self.behind)
+        behind_us = bool(peer.dirty or peer.backfill_to)  # what it streams from us and lacks is dirty
         return not behind_them and not behind_us
 
     def progress(self) -> dict[bytes, tuple[int, int]]:
         """Wanted feeds that a peer holds more of than we do: feed -> (held, best seen)."""
-        best: dict[bytes, int] = {}
-        for peer in self.peers.values():
-            for feed, seq in peer.their_seq.items():
-                if seq > best.get(feed, 0) and self.wants(feed):
-                    best[feed] = seq
-        return {f: (self.clock.get(f, 0), s) for f, s in best.items() if s > self.clock.get(f, 0)}
+        return {f: (self.clock.get(f, 0), s) for f, s in self.behind.items()
+                if s > self.clock.get(f, 0) and self.wants(f)}
 
 
 def _take(items: set[bytes], limit: int) -> list[bytes]:

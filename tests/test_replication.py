@@ -312,3 +312,20 @@ def test_serving_the_past_goes_down_to_what_is_held_and_never_leaves_a_gap() -> 
     assert r.next_backfill(1) == (F, 3_951)
     r.backfill_sent(1, F, 2_001, 1_950)
     assert r.next_backfill(1) is None
+
+
+def test_progress_and_in_sync_follow_what_is_in_flight() -> None:
+    r = node_wanting(F, G)
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    assert r.in_sync(1) and r.progress() == {}
+    r.on_have(1, wire.Have({F: 100, G: 3}), 0.0)
+    assert r.progress() == {F: (0, 100), G: (0, 3)} and not r.in_sync(1)
+    r.on_stored({F: 100, G: 3}, 1, 1.0)
+    assert r.progress() == {} and r.in_sync(1)
+    r.on_want(1, wire.Want({F: 100}, (), False), 1.0)
+    r.on_stream(1, wire.Stream({F: 100}, ()))
+    r.on_stored({F: 101}, None, 2.0)  # ours, which it streams from us and lacks
+    assert not r.in_sync(1)
+    r.entries_sent(1, F, 101, 1)
+    assert r.next_feed(1) is None and r.in_sync(1)
