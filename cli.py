@@ -600,14 +600,14 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
 @click.option("--seed", "seed_options", multiple=True, metavar="ADDRESS", help="A peer to start from (repeatable).")
 @click.option("--seeds", "seeds_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A file of seed addresses, one per line (default: <home>/seeds).")
-@click.option("--hops", type=click.IntRange(0, 6), default=2, show_default=True,
+@click.option("--hops", type=Count(0, 6), default=2, show_default=True,
               help="Also replicate feeds followed by followed feeds, up to this many hops.")
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
 @click.option("--keep-distant", type=Count(0, 10**9), default=0,
               help="Keep only the latest N entries of feeds at hop 2 and beyond, to save disk (0: whole feeds).")
 @click.option("--proxy", default=None, metavar="socks5://HOST:PORT",
               help="Open every outbound connection through this SOCKS5 proxy (e.g. Tor's); needed for .onion.")
-@click.option("--tor-control", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+@click.option("--tor-control", type=Count(1, 65535), default=None, metavar="PORT",
               help="Publish this node as a Tor onion service through Tor's control port on 127.0.0.1.")
 @click.option("--no-upnp", is_flag=True, help="Do not ask the home router to forward the port (UPnP).")
 @click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")

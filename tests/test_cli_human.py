@@ -297,7 +297,7 @@ def test_version_completion_and_clean_help(home: Path) -> None:
     for command in sorted(cli.main.commands):  # every help text, in process (test_cli runs each as a process)
         text = runner.invoke(cli.main, [command, "--help"], prog_name="p2pnode").output
         assert "Usage: p2pnode" in text
-        assert "9223372036854775807" not in text and "<=x<=" not in text.replace("0<=x<=6", "")
+        assert "9223372036854775807" not in text and "<=x<=" not in text
     for command in ("follow", "block"):
         assert "public entry" in " ".join(ok(home, command, "--help").split())
     assert "privately" in " ".join(ok(home, "mute", "--help").split())
