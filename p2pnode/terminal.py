@@ -47,7 +47,7 @@ def console(stream: IO[str] | None = None) -> Console:
     """A rich console that never interprets markup or emoji codes in what it prints (network text)."""
     stream = stream or sys.stdout
     width = terminal_width(stream)
-    return Console(file=stream, markup=False, emoji=False, highlight=False, width=width or 200,
+    return Console(file=stream, markup=False, emoji=False, highlight=False, width=width or 10_000,
                    force_terminal=is_terminal(stream), soft_wrap=width is None)
 
 
