@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,11 +14,11 @@ from typing import Any
 
 import nacl.signing
 
-from protocol.errors import InvalidEntry
-from protocol.ids import entry_ref, feed_id
+from protocol.errors import InvalidEntry, InvalidId, ProtocolError
+from protocol.ids import entry_ref, feed_id, parse_address
 
-from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, create_identity, load_identity
-from .store import Store, StoredEntry
+from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, HomeError, create_identity, load_identity
+from .store import Store, StoredEntry, StoreError
 
 
 class UserError(Exception):
@@ -62,6 +63,21 @@ class Local:
         if self.store.entry_by_hash(parent) is None:
             raise UserError(f"no entry {entry_ref(parent)} in this store")
         return self.publish({"type": "post", "text": text, "reply_to": parent})
+
+    def set_profile(self, name: str, about: str | None = None) -> StoredEntry:
+        payload = {"type": "profile", "name": name}
+        if about is not None:
+            payload["about"] = about
+        return self.publish(payload)
+
+    def add_seed(self, text: str) -> bool:
+        """Remember a peer address (HOST:PORT/@ID) as a seed; a running node dials it. False if already known."""
+        address = parse_address(text)
+        if address.key == self.owner:
+            raise UserError("that address is this node's own")
+        if address.key in self.store.blocked():
+            raise UserError(f"{feed_id(address.key)} is blocked: unblock it first")
+        return self.store.add_peer(str(address), address.key, "seed")
 
     def retract(self, target: bytes) -> StoredEntry:
         stored = self.store.entry_by_hash(target)
@@ -112,6 +128,22 @@ def runtime_info(home: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return info if isinstance(info, dict) else None
+
+
+def explain(exc: BaseException) -> str | None:
+    """The one line a user is shown for an error that is theirs or the input's (the CLI prints it, the web
+    app shows it on the page); None for anything else, which is a bug."""
+    if isinstance(exc, HomeError | StoreError | UserError):
+        return str(exc)
+    if isinstance(exc, InvalidId):
+        return exc.message
+    if isinstance(exc, ProtocolError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+    if isinstance(exc, sqlite3.Error):
+        return f"the store could not be read or written ({exc}); if it is damaged, 'p2pnode check' tells more"
+    return None
 
 
 def check_text(text: str) -> str:

@@ -700,6 +700,8 @@ class Node:
                 "in_sync": s.in_sync(clock),
                 "received": s.received_entries,
                 "sent": s.sent_entries,
+                # entries the peer said it holds of feeds we want, and we lack: the sync still to come
+                "to_receive": sum(max(0, seq - clock.get(f, 0)) for f, seq in s.their_have.items() if f in self.wanted),
             } for s in self.sessions.values() if s.closing is None],
         }
 
