@@ -169,8 +169,8 @@ class WebApp:
             Route("/events", self.events),
             Route("/static/{name}", self.static_file),
         ]
-        self.asgi = Guard(Starlette(routes=routes, exception_handlers={404: self.not_found,
-                                                                        405: self.not_allowed}), self)
+        self.asgi = Guard(Starlette(routes=routes, exception_handlers={
+            404: self.not_found, 405: self.not_allowed, Refused: self.refused}), self)
 
     # ------------------------------------------------------------ the guard
 
@@ -217,15 +217,15 @@ class WebApp:
 
     # ------------------------------------------------------------ rendering
 
-    def render(self, name: str, status_code: int = 200, **context: Any) -> Response:
+    def render(self, template: str, status_code: int = 200, **context: Any) -> Response:
         status = self.hub.status or self.hub.current_status()
         context.setdefault("error", None)
         context.setdefault("notice", None)
         context.setdefault("draft", "")
         context.setdefault("after", 0)
         context.setdefault("live", "")
-        html = self.templates.get_template(name).render(csrf=self.csrf, me=self.me, netstatus=pages.status_line(status),
-                                                        **context)
+        html = self.templates.get_template(template).render(csrf=self.csrf, me=self.me,
+                                                            netstatus=pages.status_line(status), **context)
         return Response(html, status_code=status_code, media_type="text/html; charset=utf-8",
                         headers={"cache-control": "no-store"})
 
@@ -296,6 +296,10 @@ class WebApp:
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return self.render("error.html", 404, title="Not found", nav="", error="there is no such page here",
                            back="/")
+
+    async def refused(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refused)
+        return PlainTextResponse(f"{exc.status} {exc.reason}\n", status_code=exc.status)
 
     async def not_allowed(self, request: Request, exc: Exception) -> Response:
         return PlainTextResponse("405 method not allowed\n", status_code=405)
@@ -446,10 +450,13 @@ async def serve_web(home: Path, options: WebOptions, status: Callable[[], dict[s
         async with trio.open_nursery() as nursery:
             try:
                 binds = await nursery.start(_serve_app, serve, app.asgi, config)
-            except OSError as exc:
+            except (OSError, BaseExceptionGroup) as exc:  # hypercorn's own nurseries wrap a failed bind
+                problem = _os_error(exc)
+                if problem is None:
+                    raise
                 raise WebStartError(f"cannot serve the web app on {options.host}:{options.port}: "
-                                    f"{exc.strerror or exc} (another node? choose --web HOST:PORT, or --web off)"
-                                    ) from None
+                                    f"{problem.strerror or problem} (another node? choose --web HOST:PORT, "
+                                    "or --web off)") from None
             app.port = int(binds[0].rsplit(":", 1)[1])
             shown = "127.0.0.1" if options.host in ("0.0.0.0", "localhost") else (
                 "[::1]" if options.host == "::" else host)
@@ -460,3 +467,14 @@ async def serve_web(home: Path, options: WebOptions, status: Callable[[], dict[s
 async def _serve_app(serve: Callable[..., Awaitable[None]], app: ASGIApp, config: Any, *,
                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     await serve(app, config, task_status=task_status, mode="asgi")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
