@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs (a venv in .venv, the npm reference packages for the
-# interop tests) and runs the linter and the whole suite. Needs only python3 (and node for interop).
+# interop tests, Debian's chromium + chromium-driver for the web app's browser tests when run as root) and runs
+# the linter and the whole suite. Needs only python3 (and node for interop).
 set -euo pipefail
 cd "$(dirname "$0")"
+# the web app's real-browser tests drive Debian's chromium through chromium-driver (tests/browser.py)
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt_install() { apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends chromium chromium-driver >/dev/null; }
+    apt_install || { apt-get -o DPkg::Lock::Timeout=600 update >/dev/null && apt_install; } \
+      || echo "test.sh: could not install chromium and chromium-driver; the browser tests will say why" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -47,7 +47,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make Chromium send "Origin: null"
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
@@ -168,6 +168,7 @@ class WebApp:
             Route("/seed", self.seed, methods=["POST"]),
             Route("/events", self.events),
             Route("/static/{name}", self.static_file),
+            Route("/favicon.ico", lambda request: Response(status_code=204)),
         ]
         self.asgi = Guard(Starlette(routes=routes, exception_handlers={
             404: self.not_found, 405: self.not_allowed, Refused: self.refused}), self)
