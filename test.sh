@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 # the web app's real-browser tests drive Debian's chromium through chromium-driver (tests/browser.py)
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt_install() { apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends chromium chromium-driver >/dev/null; }
+    apt_install() { apt-get -o DPkg::Lock::Timeout=600 install -y chromium chromium-driver >/dev/null; }
     apt_install || { apt-get -o DPkg::Lock::Timeout=600 update >/dev/null && apt_install; } \
       || echo "test.sh: could not install chromium and chromium-driver; the browser tests will say why" >&2
   fi
