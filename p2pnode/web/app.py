@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,14 @@ class Guard:
             await self.app(scope, receive, send)
             return
 
+        started = time.perf_counter()
+
         async def send_secure(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                # Server-Timing: the time this server spent before the first byte (bench/web_bench.py reads it)
+                timing = f"app;dur={(time.perf_counter() - started) * 1000:.2f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS,
+                                                  (b"server-timing", timing)]}
             await send(message)
 
         request = Request(scope)
