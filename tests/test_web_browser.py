@@ -126,6 +126,19 @@ def test_3_hostile_markup_shows_as_text_and_runs_nothing(world: dict[str, Any]) 
         wait_until(driver, lambda d: HOSTILE_TEXT in page_text(d), "the page after a reload")
 
 
+def test_3b_a_retraction_arriving_live_hides_the_text_without_a_reload(world: dict[str, Any]) -> None:
+    driver, alice = world["driver"], world["alice"]
+    driver.get(alice.base + "/")
+    driver.execute_script("window.__marker = 'no reload'")
+    posted = run_cli(world["bob_home"], "post", "a post bob regrets", "--json")
+    assert posted.returncode == 0
+    wait_until(driver, lambda d: "a post bob regrets" in page_text(d), "bob's post to arrive")
+    assert run_cli(world["bob_home"], "retract", json.loads(posted.stdout)["hash"]).returncode == 0
+    wait_until(driver, lambda d: "a post bob regrets" not in page_text(d), "the retraction to hide it")
+    assert "Retracted by its author." in page_text(driver)
+    assert driver.execute_script("return window.__marker") == "no reload"
+
+
 def test_4_cross_site_pages_that_auto_submit_forms_change_nothing(world: dict[str, Any], tmp_path: Path) -> None:
     driver, alice = world["driver"], world["alice"]
     before = len(feed_entries(alice.home, alice.id))

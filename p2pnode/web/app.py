@@ -42,6 +42,7 @@ HERE = Path(__file__).parent
 MAX_FORM_BYTES = 512 * 1024  # a post's payload is at most 64 KiB; URL-encoded it can triple
 HUB_POLL_S = 0.25  # how often the app looks for commits by other processes (the CLI) when the node is quiet
 HEARTBEAT_S = 15.0
+STATUS_REFRESH_S = 2.0  # the node's status is re-read at least this often even when it says nothing changed
 STATIC_TYPES = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -99,15 +100,19 @@ class Hub:
             return {"address": None, "peers": []}
 
     async def run(self) -> None:
+        status_due = 0.0
         while True:
             changed = self.changed_source()
-            with trio.move_on_after(HUB_POLL_S):
+            with trio.move_on_after(HUB_POLL_S) as quiet:
                 await changed.wait()
             version = await self.db.run(lambda local: (local.store.data_version(), local.store.last_row_id()))
-            status = self.current_status()
-            if json.dumps(status, sort_keys=True) != json.dumps(self.status, sort_keys=True):
-                self.status = status
-                self.status_version += 1
+            # the node's status reads its whole clock: only when the node says something changed, or now and then
+            if not quiet.cancelled_caught or trio.current_time() >= status_due:
+                status_due = trio.current_time() + STATUS_REFRESH_S
+                status = self.current_status()
+                if json.dumps(status, sort_keys=True) != json.dumps(self.status, sort_keys=True):
+                    self.status = status
+                    self.status_version += 1
             fingerprint = (version, self.status_version)
             if fingerprint != self._fingerprint:
                 self._fingerprint = fingerprint
@@ -408,7 +413,8 @@ class WebApp:
                     fragment = self.templates.get_template("_live.html")
                     data = {"items": [{"key": item.key, "html": fragment.render(item=item, csrf=self.csrf,
                                                                                   back=_live_back(view))}
-                                      for item in items], "more": more}
+                                      for item in items], "more": more,
+                            "retracted": [item.retracts for item in items if item.retracts]}
                     yield f"id: {after}\nevent: entries\ndata: {json.dumps(data)}\n\n"
             if self.hub.status_version != seen_status:
                 seen_status = self.hub.status_version
@@ -452,7 +458,7 @@ async def serve_web(home: Path, options: WebOptions, status: Callable[[], dict[s
         config.bind = [f"{host}:{options.port}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("p2pnode.web.server")
-        config.graceful_timeout = 1.0
+        config.graceful_timeout = 0.5
         config.keep_alive_timeout = 75.0
         async with trio.open_nursery() as nursery:
             try:

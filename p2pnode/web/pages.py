@@ -50,6 +50,7 @@ class Item:
     target: Author | None = None
     parent_ref: str | None = None
     parent: Item | None = None
+    retracts: str | None = None  # a retract entry: the ref of the entry it retracts
     when: str = ""
     exact: str = ""
     iso: str = ""
@@ -162,6 +163,8 @@ def _item(local: Local, row: StoredEntry, content: dict[str, Any] | None, author
         item.summary = f"set their name to “{content.get('name', '')}”"
     elif kind == "retract":
         item.summary = "retracted one of their entries"
+        if isinstance(content.get("entry"), bytes) and len(content["entry"]) == 32:
+            item.retracts = entry_ref(content["entry"])
     else:
         item.summary = f"published an entry of type “{kind}”"
     return item

@@ -66,6 +66,20 @@ function live() {
     for (const item of data.items.slice().reverse()) {
       if (placeEntry(list, item.key, item.html, firstPage)) placed += 1;
     }
+    for (const ref of data.retracted || []) {  // an entry shown here was retracted meanwhile
+      for (const li of document.querySelectorAll("li.entry")) {
+        if (li.dataset.ref !== ref) continue;
+        const text = li.querySelector("p.text");
+        if (text) {
+          const note = document.createElement("p");
+          note.className = "retracted";
+          note.textContent = "Retracted by its author.";
+          text.replaceWith(note);
+        }
+        const actions = li.querySelector(".actions");
+        if (actions) actions.remove();
+      }
+    }
     const empty = document.querySelector("p.empty");
     if (empty && list.children.length) empty.hidden = true;
     if (data.more > 0) {
