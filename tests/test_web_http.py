@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import run_cli
+from conftest import cli_command, cli_env, run_cli
 from nodeproc import feed_entries, wait_for
 from webnode import WAIT_S, ForeignFeed, WebNode
 
@@ -211,8 +212,11 @@ def test_network_page_and_adding_a_seed(web: WebNode) -> None:
 def test_back_must_be_a_path_of_this_app(web: WebNode) -> None:
     response = web.form("/post", text="where to", back="//evil.example/x")
     assert response.headers["location"].startswith("/?")
-    response = web.form("/post", text="where to", back="http://evil.example/")
-    assert response.headers["location"].startswith("/?")
+    for back in ("http://evil.example/", "/\\evil.example/", "/\r\nset-cookie: x=y", "javascript:alert(1)"):
+        response = web.form("/post", text="where to", back=back)
+        assert response.status_code == 303 and response.headers["location"] == "/?done=posted", back
+    response = web.form("/post", text="where to", back="/feed/" + web.id + "?before=3")
+    assert response.headers["location"] == f"/feed/{web.id}?before=3&done=posted"
 
 
 def test_keyset_paging_walks_every_entry_once_in_order(web: WebNode) -> None:
@@ -369,3 +373,16 @@ def test_token_file_mode_is_enforced(tmp_path: Path) -> None:
     os.chmod(tmp_path / TOKEN_FILE, 0o644)
     with pytest.raises(WebConfigError, match="chmod 600"):
         read_token(tmp_path)
+
+
+def test_web_open_starts_the_browser_with_the_url(web: WebNode, tmp_path: Path) -> None:
+    opened = tmp_path / "opened"
+    script = tmp_path / "fake-browser"
+    script.write_text(f'#!/bin/sh\nprintf %s "$1" > {opened}\n')
+    script.chmod(0o755)
+    env = {**cli_env(web.home), "BROWSER": f"{script} %s", "DISPLAY": ""}
+    result = subprocess.run([*cli_command(), "web", "--open"], capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == web.url
+    wait_for(opened.exists, WAIT_S, "the browser command to run")
+    assert opened.read_text() == web.url

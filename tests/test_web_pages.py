@@ -78,3 +78,34 @@ def test_replies_carry_their_parent_and_retracted_entries_say_so(tmp_path: Path)
     assert child.parent.retracted and child.parent.snippet == "(retracted)"
     retracted = next(i for i in page["items"] if i.ref == entry_ref(parent.entry.hash))
     assert retracted.retracted and retracted.text is None
+
+
+async def test_status_counts_the_entries_still_to_receive_during_a_sync(tmp_path: Path, autojump_clock) -> None:
+    """What the network page's progress bar and the status line show while a large feed comes in."""
+    import trio
+    from memnodes import Net, chain, wait_until
+
+    def fill(key: nacl.signing.SigningKey, store: Store) -> None:
+        store.ingest_verified(chain(key, [f"old {n}" for n in range(3000)]))
+    seen: list[int] = []
+    lines: list[str] = []
+    async with trio.open_nursery() as nursery:
+        net = Net(tmp_path, nursery)
+        a = await net.add(prepare=fill)
+        b = await net.add(seeds=[a.address])
+
+        async def watch() -> None:  # what a status reader (the web app's hub) sees at each change
+            while True:
+                await b.changed.wait()
+                status = b.status()
+                seen.extend(p["to_receive"] for p in status["peers"])
+                lines.append(pages.status_line(status))
+
+        nursery.start_soon(watch)
+        b.publish({"type": "follow", "feed": a.owner})
+        await wait_until(lambda: b.store.clock([a.owner])[a.owner] == 3000 and bool(b.status()["peers"])
+                         and b.status()["peers"][0]["in_sync"])
+        assert max(seen) > 0, seen
+        assert any("entries to receive" in line for line in lines), lines
+        assert pages.status_line(b.status()) == "1 peer · in sync"
+        nursery.cancel_scope.cancel()

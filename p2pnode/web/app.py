@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ HERE = Path(__file__).parent
 MAX_FORM_BYTES = 512 * 1024  # a post's payload is at most 64 KiB; URL-encoded it can triple
 HUB_POLL_S = 0.25  # how often the app looks for commits by other processes (the CLI) when the node is quiet
 HEARTBEAT_S = 15.0
+SAFE_BACK = re.compile(r"/(?!/)[A-Za-z0-9@._/-]*")  # where a form may send the browser back to
 STATUS_REFRESH_S = 2.0  # the node's status is re-read at least this often even when it says nothing changed
 STATIC_TYPES = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -329,11 +331,9 @@ class WebApp:
         """Run a state change from a form; on success go back (303) with a notice, on a user error show the
         page it came from with the error and the text typed so far (400)."""
         values = await self.form(request)
-        back = values.get("back", "/")
-        parts = urlsplit(back)
-        if not back.startswith("/") or back.startswith("//") or parts.scheme or parts.netloc:
-            back = "/"
-            parts = urlsplit(back)
+        parts = urlsplit(values.get("back", "/"))
+        if parts.scheme or parts.netloc or not SAFE_BACK.fullmatch(parts.path):
+            parts = urlsplit("/")  # only a path of this app: never '//host' or '/\\host', which browsers follow
         try:
             done = await self.db.run(action, values)
         except Exception as exc:  # noqa: BLE001 - see page()
