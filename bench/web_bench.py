@@ -76,6 +76,32 @@ def measure(client: httpx.Client, path: str, rounds: int) -> dict[str, list[floa
     return figures
 
 
+def browser_render(base: str, token: str, rounds: int) -> None:
+    """Full render in headless Chromium (tests/browser.py): Navigation Timing of the timeline page."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from browser import start_chromium
+
+    driver = start_chromium()
+    try:
+        driver.get(f"{base}/?token={token}")
+        marks: dict[str, list[float]] = {"responseStart": [], "domContentLoadedEventEnd": [], "loadEventEnd": []}
+        for _ in range(rounds):
+            driver.get(f"{base}/")
+            timing = driver.execute_script(
+                "const t = performance.getEntriesByType('navigation')[0];"
+                "return {responseStart: t.responseStart - t.requestStart, "
+                "domContentLoadedEventEnd: t.domContentLoadedEventEnd - t.requestStart, "
+                "loadEventEnd: t.loadEventEnd - t.requestStart};")
+            for key in marks:
+                marks[key].append(timing[key])
+        label = f"timeline in headless Chromium ({rounds} loads)"
+        ready = pct(marks["domContentLoadedEventEnd"], 0.5)
+        print(f"{label:48s} first byte p50 {pct(marks['responseStart'], 0.5):6.2f} ms | DOM ready p50 "
+              f"{ready:6.2f} ms | load (CSS, script) p50 {pct(marks['loadEventEnd'], 0.5):6.2f} ms")
+    finally:
+        driver.quit()
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -86,6 +112,7 @@ def main() -> None:
     parser.add_argument("--feeds", type=int, default=200)
     parser.add_argument("--per-feed", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--browser", action="store_true", help="also time the full render in headless Chromium")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -122,6 +149,8 @@ def main() -> None:
                     print(f"{label:48s} server p50 {pct(figures['server'], 0.5):6.2f} ms  p95 "
                           f"{pct(figures['server'], 0.95):6.2f} ms | client TTFB p50 "
                           f"{pct(figures['ttfb'], 0.5):6.2f} ms  full p50 {pct(figures['full'], 0.5):6.2f} ms")
+                if args.browser:
+                    browser_render(base, token, args.rounds // 4 or 1)
             server_p50 = statistics.median(results["timeline, first page"]["server"])
             print(f"timeline p50 server time {server_p50:.2f} ms; target {TARGET_MS:.0f} ms; "
                   f"ratio {server_p50 / TARGET_MS:.2f} of the target ({TARGET_MS / server_p50:.1f}x under it)")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from browser import start_chromium
 from conftest import run_cli
-from nodeproc import NodeProcess, feed_entries, init_home
+from nodeproc import NodeProcess, feed_entries, init_home, wait_for
 from webnode import WebNode
 
 WAIT_S = 25.0
@@ -106,6 +106,10 @@ def test_2_add_a_seed_follow_a_second_node_and_see_its_post_arrive_live(world: d
     wait_until(driver, lambda d: "bob posts live" in page_text(d), "bob's new post to appear without a reload")
     assert driver.execute_script("return window.__marker") == "no reload"
     world["screens"].take(driver, "timeline")
+    # and the other way: what was posted in the browser reaches the peer once it follows
+    assert run_cli(world["bob_home"], "follow", alice.id).returncode == 0
+    wait_for(lambda: any(e.get("text") == "my first post from a browser"
+                         for e in feed_entries(world["bob_home"], alice.id)), WAIT_S, "alice's post at bob's node")
 
 
 def test_3_hostile_markup_shows_as_text_and_runs_nothing(world: dict[str, Any]) -> None:
