@@ -41,6 +41,8 @@ def test_token_file_is_private_and_url_sets_an_httponly_strict_cookie(web: WebNo
     assert cookie.startswith(f"p2pnode_{web.port}={web.token}")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert fresh.get("/network").status_code == 200
+    response = httpx.get(f"{web.base}//evil.example/?token={web.token}")  # never a redirect off this app
+    assert response.status_code == 303 and response.headers["location"] == "/"
     fresh.close()
 
 

@@ -198,7 +198,8 @@ class WebApp:
             if request.method not in ("GET", "HEAD") or not token_ok(given, self.token):
                 raise Refused(403, "wrong token: open the URL that 'p2pnode web' prints")
             query = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            target = request.url.path + ("?" + urlencode(query) if query else "")
+            path = request.url.path if SAFE_BACK.fullmatch(request.url.path) else "/"
+            target = path + ("?" + urlencode(query) if query else "")
             response = RedirectResponse(target, status_code=303)
             response.set_cookie(cookie_name(self.port), self.token, httponly=True, samesite="strict",
                                 path="/", max_age=10 * 365 * 86400)
