@@ -89,23 +89,30 @@ async def test_status_counts_the_entries_still_to_receive_during_a_sync(tmp_path
         store.ingest_verified(chain(key, [f"old {n}" for n in range(3000)]))
     seen: list[int] = []
     lines: list[str] = []
+    network: list[dict] = []
     async with trio.open_nursery() as nursery:
         net = Net(tmp_path, nursery)
         a = await net.add(prepare=fill)
         b = await net.add(seeds=[a.address])
+        b_local = Local(tmp_path, b.key, b.store)
 
         async def watch() -> None:  # what a status reader (the web app's hub) sees at each change
             while True:
                 await b.changed.wait()
                 status = b.status()
-                seen.extend(p["to_receive"] for p in status["peers"])
+                seen.extend(f["seen"] - f["held"] for f in status["syncing"])
                 lines.append(pages.status_line(status))
+                if status["syncing"]:
+                    network.append(pages.network_page(b_local, status))
 
         nursery.start_soon(watch)
-        b.publish({"type": "follow", "feed": a.owner})
+        await b.publish({"type": "follow", "feed": a.owner})
         await wait_until(lambda: b.store.clock([a.owner])[a.owner] == 3000 and bool(b.status()["peers"])
                          and b.status()["peers"][0]["in_sync"])
         assert max(seen) > 0, seen
         assert any("entries to receive" in line for line in lines), lines
+        shown = network[0]["syncing"][0]
+        assert shown["author"].key == a.owner
+        assert 0 <= shown["held"] < shown["seen"] <= 3000
         assert pages.status_line(b.status()) == "1 peer · in sync"
         nursery.cancel_scope.cancel()

@@ -255,8 +255,18 @@ def network_page(local: Local, status: dict[str, Any]) -> dict[str, Any]:
         "author": authors.get(row["key"]), "connected": feed_id(row["key"]) in connected,
         "last_seen": human_time(row["last_seen"], now) if row["last_seen"] else "never",
     } for row in book]
+    syncing = []
+    for feed in status.get("syncing", []):
+        try:
+            key = parse_feed_id(feed["id"])
+        except Exception:  # noqa: BLE001 - as above
+            continue
+        syncing.append({"author": Author(key, feed["id"], None), "held": feed["held"], "seen": feed["seen"]})
+    names = local.store.profile_names(item["author"].key for item in syncing)
+    for item in syncing:
+        item["author"].name = names.get(item["author"].key)
     counts = local.store.counts()
-    return {"peers": peers, "known": known, "counts": counts,
+    return {"peers": peers, "known": known, "counts": counts, "syncing": syncing,
             "following": len(local.store.follows() - local.store.blocked()),
             "blocking": len(local.store.blocked()), "address": status.get("address")}
 
@@ -281,11 +291,13 @@ def status_line(status: dict[str, Any]) -> str:
     peers = status.get("peers", [])
     if not peers:
         return "no peers connected"
-    syncing = sum(1 for p in peers if not p.get("in_sync"))
     text = f"{len(peers)} peer{'s' if len(peers) != 1 else ''}"
-    if syncing:
-        behind = sum(int(p.get("to_receive") or 0) for p in peers)
-        text += f" · syncing ({behind} entries to receive)" if behind else " · syncing"
+    # the node lists the (at most 20) wanted feeds a peer holds more of than we do
+    behind = sum(max(0, int(f.get("seen", 0)) - int(f.get("held", 0))) for f in status.get("syncing", []))
+    if behind:
+        text += f" · syncing ({behind} entries to receive)"
+    elif any(not p.get("in_sync") for p in peers):
+        text += " · syncing"
     else:
         text += " · in sync"
     return text
