@@ -60,8 +60,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def wait_until(driver: Any, condition: Any, what: str) -> Any:
+    """Poll `condition` until it holds; an element that went stale because the page navigated meanwhile
+    just means 'not yet'."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message=f"waiting for {what}")
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+                         ).until(condition, message=f"waiting for {what}")
 
 
 def page_text(driver: Any) -> str:
