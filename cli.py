@@ -276,7 +276,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         running = runtime_info(node.home)
         data["running"] = bool(running)
         if running:
-            data.update({k: running[k] for k in ("address", "web", "peers") if k in running})
+            data.update({k: running[k] for k in ("address", "web", "peers", "syncing") if k in running})
     if as_json:
         emit(data)
         return
@@ -287,6 +287,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
                            f"{'in sync' if peer.get('in_sync') else 'syncing'}")
         elif key == "web":
             click.echo(f"web: {value} ('p2pnode web' prints the URL to open)")
+        elif key == "syncing":
+            for feed in value:
+                click.echo(f"syncing {feed.get('id')}: {feed.get('held', 0):,} of {feed.get('seen', 0):,}")
         elif key == "forked":
             click.echo(f"forked: {', '.join(value) if value else 'none'}")
         else:
