@@ -307,6 +307,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--hops", type=click.IntRange(0, 6), default=2, show_default=True,
               help="Also replicate feeds followed by followed feeds, up to this many hops.")
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
+@click.option("--keep-distant", type=click.IntRange(0, 10**9), default=0, metavar="N",
+              help="Keep only the latest N entries of feeds at hop 2 and beyond, to save disk (0: whole feeds).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
 @click.option("--web", "web_option", default=DEFAULT_WEB, show_default=True, envvar="P2PNODE_WEB",
@@ -315,7 +317,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
               "can act as you).")
 @click.pass_context
 def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tuple[str, ...],
-        seeds_file: Path | None, hops: int, relay: bool, log_level: str, web_option: str, web_public: bool) -> None:
+        seeds_file: Path | None, hops: int, relay: bool, keep_distant: int, log_level: str, web_option: str,
+        web_public: bool) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS';
     then 'web URL' when it serves the web app."""
     home = ctx.obj["home"]
@@ -329,7 +332,8 @@ def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tu
             raise UserError(str(exc)) from None
         if runtime_info(home):
             raise UserError(f"a node is already running on {home}")
-        config = NodeConfig(listen_host=host, listen_port=port, advertise_host=advertise, hops=hops, relay=relay)
+        config = NodeConfig(listen_host=host, listen_port=port, advertise_host=advertise, hops=hops, relay=relay,
+                            keep_distant=keep_distant)
         try:
             run_node(home, config, seeds, web)
         except ConfigError as exc:

@@ -23,7 +23,7 @@ from protocol.errors import Reason
 from protocol.handshake import DEFAULT_NETWORK_KEY
 from protocol.ids import Address, feed_id
 from protocol.log import Entry
-from protocol.replication import STALL_TIMEOUT, SWITCH_DELAY, Replicator
+from protocol.replication import NEWEST_FIRST, STALL_TIMEOUT, SWITCH_DELAY, Replicator
 
 from .ingest import Ingest
 from .network import Network, TcpNetwork
@@ -90,6 +90,8 @@ class NodeConfig:
     replication_tick: float = 0.25  # how often lagging and stalled streams are looked at
     switch_delay: float = SWITCH_DELAY
     stall_timeout: float = STALL_TIMEOUT
+    newest_first: int = NEWEST_FIRST  # a new feed longer than this starts with its newest entries (0: oldest first)
+    keep_distant: int = 0  # > 0: keep feeds at hop 2 and beyond to their latest N entries
 
 
 class Node:
@@ -106,7 +108,8 @@ class Node:
         self.address: Address | None = None
         self.replicator = Replicator(relay=self.config.relay, switch_delay=self.config.switch_delay,
                                      stall_timeout=self.config.stall_timeout,
-                                     max_peer_wants=self.config.max_peer_wants)
+                                     max_peer_wants=self.config.max_peer_wants,
+                                     newest_first=self.config.newest_first, keep_distant=self.config.keep_distant)
         self.db = StoreRunner(store, threaded=False)
         self.peers = Peers(self)
         self.ingest = Ingest(self)
@@ -138,8 +141,9 @@ class Node:
     async def run(self, seeds: list[Address] | None = None, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.db = StoreRunner(self.store, threaded=self.config.store_thread)
         try:
-            await self._refresh_interest()
             self.replicator.on_stored(await self.db.read(Store.clock), None, trio.current_time())
+            self.replicator.low = await self.db.read(Store.lows)
+            await self._refresh_interest()
             self._last_row_id = await self.db.write(Store.last_row_id)
             self._data_version = await self.db.write(Store.data_version)
             known = [(str(s), s.key) for s in seeds or [] if s.key != self.owner and s.key not in self.blocked]
@@ -239,21 +243,39 @@ class Node:
             await self._refresh_interest()
 
     async def _refresh_interest(self) -> None:
-        wanted, blocked, forked = await self.db.read(Store.interest, self.config.hops)
+        depth, blocked, forked = await self.db.read(Store.interest, self.config.hops)
+        wanted = set(depth)
         newly_blocked = blocked - self.blocked
         self.wanted, self.blocked, self.forked = wanted, blocked, forked
         if newly_blocked:
             self.replicator.on_purged(newly_blocked)  # the store purged them with the block
             self.peers.close_blocked(newly_blocked)
-        self.replicator.set_interest(wanted, blocked, forked, trio.current_time())
+        self.replicator.set_interest(wanted, blocked, forked, trio.current_time(), depth)
+        await self._keep_distant_short()
         self.wake_touched()
         self.notify()
 
+    async def _keep_distant_short(self) -> None:
+        """With --keep-distant N, cut feeds at hop 2 and beyond (and a relay's feeds nobody here follows) to
+        their latest N entries."""
+        keep = self.config.keep_distant
+        if not keep:
+            return
+        depth = self.replicator.depth
+        distant = [f for f, seq in self.replicator.clock.items()
+                   if depth.get(f, 2) >= 2 and seq - self.replicator.low.get(f, 1) + 1 > keep]
+        if distant:
+            self.replicator.set_lows(await self.db.write(Store.keep_latest, distant, keep))
+
     async def _tick_loop(self) -> None:
+        next_trim = trio.current_time() + 60.0
         while True:
             await trio.sleep(self.config.replication_tick)
             self.replicator.tick(trio.current_time())
             self.wake_touched()
+            if trio.current_time() >= next_trim:
+                next_trim = trio.current_time() + 60.0
+                await self._keep_distant_short()
 
     # ------------------------------------------------------------ status
 

@@ -185,6 +185,10 @@ class Session:
             if job is not None:
                 await self._send_entries(*job)
                 continue
+            past = node.replicator.next_backfill(self.handle)
+            if past is not None:  # the new first, the past behind it
+                await self._send_past(*past)
+                continue
             await self.wake.wait()
             self.wake = trio.Event()
 
@@ -202,16 +206,19 @@ class Session:
         if not rows:
             node.replicator.not_held(self.handle, author)
             return
-        batch: list[tuple[bytes, bytes, bytes | None]] = []
-        size = 0
-        for _, header, signature, payload in rows:
-            entry_size = len(header) + len(signature) + len(payload or b"") + 16
-            if batch and size + entry_size > MAX_BATCH_BYTES:
-                break
-            batch.append((header, signature, payload))
-            size += entry_size
+        batch = _within_batch_size(rows)
         await self._send(wire.Entries(tuple(batch)))
         node.replicator.entries_sent(self.handle, author, rows[len(batch) - 1][0], len(batch))
+
+    async def _send_past(self, author: bytes, before: int) -> None:
+        node = self.node
+        rows = await node.db.read(Store.raw_entries_before, author, before, node.config.batch_entries)
+        if author in node.blocked or not rows:
+            node.replicator.backfill_sent(self.handle, author, 1, 0)
+            return
+        batch = _within_batch_size(rows[::-1])[::-1]  # the entries nearest `before`, in increasing seq order
+        await self._send(wire.Entries(tuple(batch)))
+        node.replicator.backfill_sent(self.handle, author, rows[len(rows) - len(batch)][0], len(batch))
 
     async def _pinger(self) -> None:
         for nonce in itertools.count(1):
@@ -263,6 +270,8 @@ class Session:
             node.replicator.on_have(self.handle, message, now)
         elif isinstance(message, wire.Stream):
             node.replicator.on_stream(self.handle, message)
+        elif isinstance(message, wire.Backfill):
+            node.replicator.on_backfill(self.handle, message)
         elif isinstance(message, wire.Entries):
             await self.to_verify.send(message)  # waits only for our own pipeline: backpressure on the peer
         elif isinstance(message, wire.Peers):
@@ -288,3 +297,16 @@ class Session:
         async for pending in self.from_verifier:
             entries, error = await pending.result()
             await self.node.ingest.store_from_peer(self, entries, error)
+
+
+def _within_batch_size(rows: list[tuple[int, bytes, bytes, bytes | None]]) -> list[tuple[bytes, bytes, bytes | None]]:
+    """The leading rows that fit in one `entries` message of MAX_BATCH_BYTES (at least one)."""
+    batch: list[tuple[bytes, bytes, bytes | None]] = []
+    size = 0
+    for _, header, signature, payload in rows:
+        entry_size = len(header) + len(signature) + len(payload or b"") + 16
+        if batch and size + entry_size > MAX_BATCH_BYTES:
+            break
+        batch.append((header, signature, payload))
+        size += entry_size
+    return batch

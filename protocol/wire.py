@@ -63,6 +63,14 @@ class Stream:
 
 
 @dataclass(frozen=True)
+class Backfill:
+    """Newest first: "send me the entries of these feeds below these seqs, the nearest first", filling the
+    past of a partial feed behind what was streamed (spec/replication.md)."""
+
+    feeds: dict[bytes, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Entries:
     """A batch of entries, each feed's in order; `raw` is each [header, signature, payload or nil]."""
 
@@ -96,7 +104,7 @@ class UnknownMessage:
     type: str
 
 
-Message = Hello | Want | Have | Stream | Entries | Peers | Ping | Pong | Close | UnknownMessage
+Message = Hello | Want | Have | Stream | Backfill | Entries | Peers | Ping | Pong | Close | UnknownMessage
 
 
 def encode(message: Message) -> bytes:
@@ -117,6 +125,8 @@ def _to_map(message: Message) -> dict[str, Any]:
         return {"type": "have", "feeds": message.feeds}
     if isinstance(message, Stream):
         return {"type": "stream", "feeds": message.feeds, "stop": list(message.stop)}
+    if isinstance(message, Backfill):
+        return {"type": "backfill", "feeds": message.feeds}
     if isinstance(message, Entries):
         return {"type": "entries", "entries": [list(item) for item in message.raw]}
     if isinstance(message, Peers):
@@ -246,6 +256,7 @@ _DECODERS = {
     "want": _want,
     "have": _have,
     "stream": _stream,
+    "backfill": lambda obj: Backfill(_seq_map(obj, "feeds")),
     "entries": _entries,
     "peers": _peers,
     "ping": lambda obj: Ping(_nonce(obj)),

@@ -30,6 +30,7 @@ def _valid() -> list[tuple[str, wire.Message]]:
         ("want all (a relay), drop one", wire.Want({}, (B,), True)),
         ("have (a note)", wire.Have({A: 12})),
         ("stream one feed after seq 3, stop another", wire.Stream({A: 3}, (B,))),
+        ("backfill: the entries below seq 951", wire.Backfill({A: 951})),
         ("entries, one with a payload and one without", wire.Entries(((HEADER, b"s" * 64, b"\x81\xa1a\x01"),
                                                                      (HEADER, b"t" * 64, None)))),
         ("peers", wire.Peers(("127.0.0.1:8765/@aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4f5ybec4",))),
