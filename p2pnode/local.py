@@ -14,7 +14,7 @@ from typing import Any
 import nacl.signing
 
 from protocol.errors import InvalidEntry, InvalidId, ProtocolError
-from protocol.ids import entry_ref, feed_id, parse_address
+from protocol.ids import entry_ref, feed_id
 
 from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, HomeError, create_identity, load_identity, node_running
 from .store import Store, StoredEntry, StoreError
@@ -68,15 +68,6 @@ class Local:
         if about is not None:
             payload["about"] = about
         return self.publish(payload)
-
-    def add_seed(self, text: str) -> bool:
-        """Remember a peer address (HOST:PORT/@ID) as a seed; a running node dials it. False if already known."""
-        address = parse_address(text)
-        if address.key == self.owner:
-            raise UserError("that address is this node's own")
-        if address.key in self.store.blocked():
-            raise UserError(f"{feed_id(address.key)} is blocked: unblock it first")
-        return self.store.add_peer(str(address), address.key, "seed")
 
     def retract(self, target: bytes) -> StoredEntry:
         stored = self.store.entry_by_hash(target)

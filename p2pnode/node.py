@@ -28,6 +28,7 @@ from protocol.replication import NEWEST_FIRST, STALL_TIMEOUT, SWITCH_DELAY, Repl
 from .ingest import Ingest
 from .network import Network, TcpNetwork
 from .peers import Peers
+from .reach import Reach
 from .session import PeerGone, Session
 from .store import IngestResult, Store
 from .storeio import StoreRunner
@@ -88,6 +89,11 @@ class NodeConfig:
     max_probes: int = 8  # announced addresses checked at once
     min_good_session: float = 30.0  # a session shorter than this counts as a failed dial for backoff
     replication_tick: float = 0.25  # how often lagging and stalled streams are looked at
+    lan_discovery: bool = False  # publish and browse mDNS `_p2pnode._tcp` (p2pnode/lan.py); `run` turns it on
+    proxy: str | None = None  # socks5://HOST:PORT for every outbound connection (p2pnode/proxy.py); off LAN
+    upnp: bool = False  # ask the home router to forward our port (p2pnode/nat.py); `run` turns it on
+    tor_control: int | None = None  # publish an onion service through Tor's control port (p2pnode/onion.py)
+    onion_key_file: str | None = None  # where the onion service's key is kept (`run`: <home>/onion_key)
     switch_delay: float = SWITCH_DELAY
     stall_timeout: float = STALL_TIMEOUT
     newest_first: int = NEWEST_FIRST  # a new feed longer than this starts with its newest entries (0: oldest first)
@@ -113,6 +119,7 @@ class Node:
         self.db = StoreRunner(store, threaded=False)
         self.peers = Peers(self)
         self.ingest = Ingest(self)
+        self.reach = Reach(self)  # own address, reachability, LAN discovery, UPnP, onion service
         self.verifier = Verifier(0)
         self.by_handle: dict[int, Session] = {}
         self.wanted: set[bytes] = set()
@@ -160,19 +167,12 @@ class Node:
             self.nursery = nursery
             host, port = await nursery.start(self.network.serve, self.config.listen_host,
                                              self.config.listen_port, self.peers.accept)
-            self.address = Address(self._advertised_host(host), port, self.owner)
+            self.address = self.reach.start(nursery, host, port)
             nursery.start_soon(self._survive, self.peers.dial_loop)
             nursery.start_soon(self._survive, self._watch_store)
             nursery.start_soon(self._survive, self._interest_loop)
             nursery.start_soon(self._survive, self._tick_loop)
             task_status.started(self.address)
-
-    def _advertised_host(self, bound_host: str) -> str:
-        if self.config.advertise_host:
-            return self.config.advertise_host
-        if bound_host in ("0.0.0.0", "::", ""):
-            return "127.0.0.1"
-        return bound_host
 
     async def stop(self) -> None:
         """Say goodbye to every peer (close message, box-stream goodbye), then stop serving."""
@@ -287,10 +287,12 @@ class Node:
                 "id": feed_id(s.key),
                 "address": s.address or (s.hello.address if s.hello else None),
                 "direction": "outbound" if s.outbound else "inbound",
+                "remote_ip": s.remote_ip,
                 "in_sync": self.replicator.in_sync(s.handle),
                 "received": s.received_entries,
                 "sent": s.sent_entries,
             } for s in self.sessions.values() if s.closing is None],
             "syncing": [{"id": feed_id(feed), "held": held, "seen": seen}
                         for feed, (held, seen) in sorted(progress.items(), key=lambda i: i[1][0] - i[1][1])[:20]],
+            **self.reach.status(),
         }

@@ -21,6 +21,7 @@ from protocol.ids import Address, parse_address
 
 from .home import LOCK_FILE, RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
 from .node import Node, NodeConfig
+from .proxy import make_network
 from .store import Store
 from .web.access import WebConfigError, WebOptions, WebStartError
 
@@ -139,7 +140,7 @@ def _first_os_error(group: BaseExceptionGroup) -> OSError | None:
 
 async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: NodeConfig,
                 seeds: list[Address], web: WebOptions | None) -> None:
-    node = Node(key, store, config)
+    node = Node(key, store, config, network=make_network(config.proxy))
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(node.run, seeds)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -57,8 +58,12 @@ class PeerGone(Exception):
 class Session:
     """One connection to a peer, from the handshake on. `handle` names it in the replication state."""
 
-    def __init__(self, node: Node, conn: Connection, *, outbound: bool, address: str | None = None) -> None:
+    def __init__(self, node: Node, conn: Connection, *, outbound: bool, address: str | None = None,
+                 remote_ip: str | None = None) -> None:
         self.node = node
+        self.remote_ip = remote_ip  # where a direct connection comes from: told to the peer in hello.observed
+        self.checks_answered: list[float] = []  # when this peer asked us to dial it back (p2pnode/reach.py)
+        self.outbox: deque[wire.Message] = deque()  # check/checked messages for the writer
         self.conn = conn
         self.outbound = outbound
         self.address = address
@@ -91,6 +96,12 @@ class Session:
 
     def poke(self) -> None:
         self.wake.set()
+
+    def queue(self, message: wire.Message) -> None:
+        """Have the writer send a reachability message (few per connection: p2pnode/reach.py bounds them)."""
+        if len(self.outbox) < 16:
+            self.outbox.append(message)
+            self.poke()
 
     def close(self, gone: PeerGone) -> None:
         """End the session; the first reason given is the one sent to the peer."""
@@ -166,12 +177,14 @@ class Session:
         if self.ping_due is not None:
             nonce, self.ping_due = self.ping_due, None
             return wire.Ping(nonce)
+        if self.outbox:
+            return self.outbox.popleft()
         return self.node.replicator.next_message(self.handle)
 
     async def _writer(self) -> None:
         node = self.node
         await self._send(wire.Hello(wire.PROTOCOL_VERSION, (), str(node.address) if node.address else None,
-                                    node.config.relay))
+                                    node.config.relay, self.remote_ip))
         while True:
             message = self._next_control()
             if message is not None:
@@ -264,6 +277,7 @@ class Session:
             node.peers.register(self)
             if not self.outbound:
                 await node.peers.learn_address(message.address, self.key)
+            node.reach.hello_received(self, message)
         elif isinstance(message, wire.Want):
             node.replicator.on_want(self.handle, message, now)
         elif isinstance(message, wire.Have):
@@ -281,6 +295,10 @@ class Session:
             self.poke()
         elif isinstance(message, wire.Close):
             raise PeerGone.peer_closed(message.reason)
+        elif isinstance(message, wire.Check):
+            node.reach.answer_check(self, message)
+        elif isinstance(message, wire.Checked):
+            node.reach.checked(self, message)
         # Pong and unknown message types need nothing
         node.wake_touched()
 

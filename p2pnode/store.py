@@ -571,6 +571,11 @@ class Store:
                 (address, key, source, _now_ms()))
             return cursor.rowcount > 0
 
+    def remove_peer(self, address: str) -> bool:
+        """Forget an address (a seed included); True when it was known."""
+        with self._write():
+            return self.db.execute("DELETE FROM peers WHERE address = ?", (address,)).rowcount > 0
+
     def peer_connected(self, address: str) -> None:
         with self._write():
             now = _now_ms()

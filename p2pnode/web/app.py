@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from protocol.ids import parse_entry_ref, parse_feed_id
 
+from .. import seeds as seedbook
 from ..local import Local, UserError, check_text, explain, open_home
 from . import pages
 from .access import (
@@ -383,7 +384,11 @@ class WebApp:
 
     async def seed(self, request: Request) -> Response:
         def action(local: Local, values: dict[str, str]) -> str:
-            return "seed" if local.add_seed(values.get("address", "").strip()) else "seed-known"
+            try:  # what `p2pnode seeds add` does: the seeds file and the peer book
+                added = seedbook.add(local.home, local.store, values.get("address", "").strip())
+            except seedbook.SeedError as exc:
+                raise UserError(str(exc)) from None
+            return "seed" if added else "seed-known"
         return await self.act(request, action, lambda values: values.get("address", ""))
 
     # ------------------------------------------------------------ live updates (server-sent events)
