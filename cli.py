@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import webbrowser
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from p2pnode.local import (
     Local,
     UserError,
     check_text,
+    explain,
     identity_id,
     init_home,
     open_home,
@@ -35,7 +37,8 @@ from p2pnode.render import terminal_text
 from p2pnode.runner import ConfigError, collect_seeds, parse_listen, run_node, setup_logging
 from p2pnode.store import StoredEntry, StoreError
 from p2pnode.terminal import entry_lines, is_terminal, output, terminal_width
-from protocol.errors import InvalidId, ProtocolError
+from p2pnode.web.access import DEFAULT_WEB, WebConfigError, open_url, parse_web_option, read_token
+from protocol.errors import ProtocolError
 from protocol.ids import entry_ref, feed_id
 
 DEFAULT_LIMIT = 20
@@ -109,15 +112,8 @@ def user_errors() -> Iterator[None]:
         raise
     except (HomeError, StoreError, UserError, ConfigFileError, seedbook.SeedError, ProxySettingError) as exc:
         raise click.ClickException(str(exc)) from None
-    except InvalidId as exc:
-        raise click.ClickException(exc.message) from None
-    except ProtocolError as exc:
-        raise click.ClickException(exc.reason) from None
-    except OSError as exc:
-        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
-    except sqlite3.Error as exc:
-        raise click.ClickException(f"the store could not be read or written ({exc}); "
-                                   "if it is damaged, 'p2pnode check' tells more") from None
+    except (ProtocolError, OSError, sqlite3.Error) as exc:
+        raise click.ClickException(explain(exc) or str(exc)) from None
 
 
 @contextmanager
@@ -428,10 +424,7 @@ def set_mute(ctx: click.Context, feed: str | None, as_json: bool, on: bool) -> N
 @click.pass_context
 def profile(ctx: click.Context, name: str, about: str | None, as_json: bool) -> None:
     """Publish this feed's profile."""
-    payload = {"type": "profile", "name": name}
-    if about is not None:
-        payload["about"] = about
-    publish_and_print(ctx, as_json, lambda node: node.publish(payload))
+    publish_and_print(ctx, as_json, lambda node: node.set_profile(name, about))
 
 
 @main.command()
@@ -480,7 +473,7 @@ def timeline(ctx: click.Context, limit: int | None, show_all: bool, full: bool, 
     """Show your timeline, newest first. Your entries and those of the feeds you follow (except muted ones)."""
     with local(ctx) as node:
         hidden = mutes.muted(node.home)
-        items = node.store.timeline(limit_of(limit, show_all, as_json), hidden)
+        items = node.store.timeline(limit_of(limit, show_all, as_json), hidden=hidden)
         shown = print_entries(items, node, as_json, full, not no_pager)
         say_shown(shown, node.store.timeline_size(hidden),
                   "your timeline is empty: post something, or follow a feed (p2pnode follow ID)")
@@ -613,10 +606,15 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
 @click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
+@click.option("--web", "web_option", default=DEFAULT_WEB, show_default=True, envvar="P2PNODE_WEB",
+              metavar="HOST:PORT|off", help="Where to serve your web app (env P2PNODE_WEB); 'off' serves none.")
+@click.option("--web-public", is_flag=True, help="Allow --web on a non-loopback address (anyone with the token "
+              "can act as you).")
 @click.pass_context
 def run(ctx: click.Context, **params: Any) -> None:
-    """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS'.
-    Settings not given as flags come from <home>/config.toml when it has them."""
+    """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS';
+    then 'web URL' when it serves the web app. Settings not given as flags come from <home>/config.toml
+    when it has them."""
     home = ctx.obj["home"]
     given = {name for name in params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     with user_errors():
@@ -625,9 +623,10 @@ def run(ctx: click.Context, **params: Any) -> None:
     with user_errors():
         try:
             host, port = parse_listen(settings["listen"])
+            web = parse_web_option(settings["web_option"], settings["web_public"])
             seeds = collect_seeds(home, list(settings["seed_options"]), settings["seeds_file"],
                                   lambda line: click.echo(line, err=True))
-        except ConfigError as exc:
+        except (ConfigError, WebConfigError) as exc:
             raise UserError(str(exc)) from None
         if runtime_info(home):
             raise UserError(f"a node is already running on {home}")
@@ -638,9 +637,34 @@ def run(ctx: click.Context, **params: Any) -> None:
                             keep_distant=settings["keep_distant"])
         make_network(config.proxy)  # a bad --proxy is a one-line error before anything starts
         try:
-            run_node(home, config, seeds)
+            run_node(home, config, seeds, web)
         except ConfigError as exc:
             raise UserError(str(exc)) from None
+
+
+@main.command()
+@click.option("--open", "open_browser", is_flag=True, help="Also open it in the default browser.")
+@JSON_OPTION
+@click.pass_context
+def web(ctx: click.Context, open_browser: bool, as_json: bool) -> None:
+    """Print the URL of your web app (with its access token): keep it to yourself."""
+    home = ctx.obj["home"]
+    running = runtime_info(home)
+    if not running:
+        raise click.ClickException(f"no node is running on {home}: the web app is served by 'p2pnode run'")
+    if not running.get("web"):
+        raise click.ClickException("the running node serves no web app (it was started with --web off)")
+    with user_errors():
+        try:
+            url = open_url(running["web"], read_token(home))
+        except WebConfigError as exc:
+            raise UserError(str(exc)) from None
+    if as_json:
+        emit({"url": url})
+    else:
+        click.echo(url)
+    if open_browser and not webbrowser.open(url):
+        raise click.ClickException("no browser could be started here: open the URL above yourself")
 
 
 @main.command()

@@ -40,8 +40,8 @@ def status_data(node: Local) -> dict[str, Any]:
     running = runtime_info(node.home)
     data["running"] = bool(running)
     if running:
-        data.update({k: running[k] for k in ("address", "addresses", "reachability", "port_mapping", "onion",
-                                             "peers", "syncing", "dial_problems") if k in running})
+        data.update({k: running[k] for k in ("address", "web", "addresses", "reachability", "port_mapping",
+                                             "onion", "peers", "syncing", "dial_problems") if k in running})
     data["muting"] = len(muted(node.home))
     return data
 
@@ -109,6 +109,8 @@ def status_lines(data: dict[str, Any], names: Names) -> list[str]:
 def _reach_lines(data: dict[str, Any]) -> list[str]:
     """How this node is reached (p2pnode/reach.py, proxy, UPnP, Tor) and the seeds it cannot dial."""
     lines = []
+    if data.get("web"):
+        lines.append(f"web: {data['web']} ('p2pnode web' prints the URL to open)")
     if data.get("addresses"):
         lines.append(f"addresses: {' '.join(str(a) for a in data['addresses'])}")
     if "reachability" in data:
