@@ -19,6 +19,7 @@ from protocol.handshake import DEFAULT_NETWORK_KEY
 from protocol.ids import Address, feed_id, parse_address
 from protocol.log import CONTACT_TYPES, Entry, peek_author
 
+from .admission import AWAITING_HELLO, ESTABLISHED, Admission, AdmissionLimits, Budget, Ticket, peer_ip
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
@@ -60,6 +61,17 @@ class NodeConfig:
     max_peer_wants: int = 100_000  # feeds one peer may ask for; beyond it the peer is dropped (rate-limited:)
     max_probes: int = 8  # announced addresses checked at once
     min_good_session: float = 30.0  # a session shorter than this counts as a failed dial for backoff
+    message_timeout: float = 30.0  # a message that has started must finish within this (spec/wire.md)
+    hello_timeout: float = 10.0  # an inbound connection must say hello within this after the handshake
+    admission: AdmissionLimits | None = None  # inbound budgets (spec/peers.md); None: defaults, max_inbound
+
+    def admission_limits(self) -> AdmissionLimits:
+        if self.admission is not None:
+            return self.admission
+        base = AdmissionLimits()
+        return AdmissionLimits(established=Budget(self.max_inbound, base.established.per_ip,
+                                                  base.established.per_subnet),
+                               handshake_timeout=self.handshake_timeout, hello_timeout=self.hello_timeout)
 
 
 class Network(Protocol):
@@ -111,6 +123,7 @@ class Session:
     cancel_scope: trio.CancelScope | None = None
     received_entries: int = 0
     sent_entries: int = 0
+    ticket: Ticket | None = None  # an inbound connection's place (p2pnode/admission.py)
 
     def __post_init__(self) -> None:
         # received batches flow: receive loop -> verifier -> ingester, two batches in flight at each step
@@ -237,7 +250,7 @@ class Session:
             except IdleTimeout:
                 raise PeerGone(f"timeout: nothing received for {self.node.config.idle_timeout:g} s") from None
             except TransportError as exc:
-                if exc.reason.startswith(("too-large:", "invalid:")):  # the peer broke the rules: say so
+                if exc.reason.startswith(("too-large:", "invalid:", "timeout:")):  # the peer broke the rules
                     raise PeerGone(exc.reason) from None
                 raise PeerGone(f"peer closed: {exc.reason}") from None
             try:
@@ -258,6 +271,8 @@ class Session:
             if self.hello is not None:
                 raise wire.WireError("a second hello")
             self.hello = message
+            if self.ticket is not None and (refusal := node.admission.advance(self.ticket, ESTABLISHED)):
+                raise PeerGone(refusal)
             if not node.register(self):
                 raise PeerGone("duplicate: already connected to this peer")
             if not self.outbound:
@@ -346,6 +361,7 @@ class Node:
         self.address: Address | None = None
         self.sessions: dict[bytes, Session] = {}
         self.inbound = 0
+        self.admission = Admission(self.config.admission_limits())
         self.dialing: set[str] = set()
         self.probing: set[str] = set()
         self.next_dial: dict[str, float] = {}
@@ -380,6 +396,7 @@ class Node:
                                              self.config.listen_port, self._accept_contained)
             self.address = Address(self._advertised_host(host), port, self.owner)
             nursery.start_soon(self._survive, self._dial_loop)
+            nursery.start_soon(self.admission.reap)
             nursery.start_soon(self._survive, self._watch_store)
             task_status.started(self.address)
 
@@ -592,19 +609,27 @@ class Node:
         await self._contained(self._accept, stream)
 
     async def _accept(self, stream: trio.abc.Stream) -> None:
-        if self.inbound >= self.config.max_inbound:
-            await stream.aclose()
+        ticket = self.admission.admit(peer_ip(stream))  # budgets, deadlines, eviction: p2pnode/admission.py
+        if ticket is None:
+            await trio.aclose_forcefully(stream)
             return
         self.inbound += 1
         try:
-            try:
-                conn = await server_handshake(stream, self.key, network_key=self.config.network_key,
-                                              handshake_timeout=self.config.handshake_timeout,
-                                              idle_timeout=self.config.idle_timeout)
-            except TransportError as exc:
-                log.info("inbound handshake failed: %s", exc.reason)
-                return
-            await self._run_session(Session(self, conn, outbound=False))
+            with ticket:
+                try:
+                    conn = await server_handshake(stream, self.key, network_key=self.config.network_key,
+                                                  handshake_timeout=self.config.handshake_timeout,
+                                                  idle_timeout=self.config.idle_timeout,
+                                                  message_timeout=self.config.message_timeout)
+                except TransportError as exc:
+                    log.info("inbound handshake failed: %s", exc.reason)
+                    return
+                session = Session(self, conn, outbound=False, ticket=ticket)
+                ticket.attach(session.close, lambda: (session.received_entries + session.sent_entries,
+                                                      conn.last_received))
+                if refusal := self.admission.advance(ticket, AWAITING_HELLO):
+                    session.close(refusal)
+                await self._run_session(session)
         finally:
             self.inbound -= 1
 
@@ -645,7 +670,8 @@ class Node:
                     stream = await self.network.dial(target.host, target.port)
                 conn = await client_handshake(stream, self.key, key, network_key=self.config.network_key,
                                               handshake_timeout=self.config.handshake_timeout,
-                                              idle_timeout=self.config.idle_timeout)
+                                              idle_timeout=self.config.idle_timeout,
+                                              message_timeout=self.config.message_timeout)
             except (OSError, ValueError, ProtocolError, trio.TooSlowError, TransportError) as exc:
                 log.info("dial %s failed: %s", address, getattr(exc, "reason", None) or exc)
                 self._backoff(address, failed=True)
