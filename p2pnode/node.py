@@ -21,6 +21,7 @@ from protocol.log import CONTACT_TYPES, Entry, peek_author
 
 from .admission import AWAITING_HELLO, ESTABLISHED, Admission, AdmissionLimits, Budget, Ticket, peer_ip
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
+from .peerbook import PeerBook, PeerBookLimits
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
 
@@ -301,8 +302,7 @@ class Session:
         elif isinstance(message, wire.Entries):
             await self.to_verify.send(message)
         elif isinstance(message, wire.Peers):
-            for text in message.addresses:
-                node.learn_address_text(text, "peer")
+            node.peer_book.learn(message.addresses, self.key)  # caps and one transaction: p2pnode/peerbook.py
         elif isinstance(message, wire.Ping):
             await self.send(wire.Pong(message.nonce))
         elif isinstance(message, wire.Close):
@@ -362,6 +362,8 @@ class Node:
         self.sessions: dict[bytes, Session] = {}
         self.inbound = 0
         self.admission = Admission(self.config.admission_limits())
+        self.peer_book = PeerBook(store, self.owner, lambda: self.blocked,
+                                  PeerBookLimits(max_learned=self.config.peer_book_size))
         self.dialing: set[str] = set()
         self.probing: set[str] = set()
         self.next_dial: dict[str, float] = {}
@@ -383,6 +385,7 @@ class Node:
         for seed in seeds or []:
             if seed.key != self.owner and seed.key not in self.blocked:
                 self.store.add_peer(str(seed), seed.key, "seed")
+        self.peer_book.load()
         self.verifier = Verifier(self.config.verify_workers)
         try:
             await self._serve(task_status)
@@ -647,7 +650,7 @@ class Node:
                     if outbound >= self.config.outbound_target:
                         break
                     if (key in connected or key == self.owner or key in self.blocked or address in self.dialing
-                            or self.next_dial.get(address, 0) > now):
+                            or self.next_dial.get(address, 0) > now or not self.peer_book.may_dial(address)):
                         continue
                     outbound += 1
                     self.dialing.add(address)

@@ -451,6 +451,35 @@ class Store:
                 (address, key, source, _now_ms()))
             return cursor.rowcount > 0
 
+    def add_learned_peers(self, peers: list[tuple[str, bytes]], source: str, max_learned: int) -> list[str]:
+        """Remember addresses learned from a peer in one transaction, keeping at most `max_learned` learned
+        (non-seed) addresses: when full, a never-connected learned address (most failed, then oldest)
+        makes room; addresses this node has connected to are never displaced. Returns the new ones."""
+        added: list[str] = []
+        with self._write():
+            count = self.db.execute("SELECT count(*) FROM peers WHERE source != 'seed'").fetchone()[0]
+            for address, key in peers:
+                if self.db.execute("SELECT 1 FROM peers WHERE address = ?", (address,)).fetchone():
+                    continue
+                if count >= max_learned:
+                    victim = self.db.execute(
+                        "SELECT address FROM peers WHERE source != 'seed' AND last_seen IS NULL "
+                        "ORDER BY failures DESC, added_at LIMIT 1").fetchone()
+                    if victim is None:
+                        break
+                    self.db.execute("DELETE FROM peers WHERE address = ?", victim)
+                    count -= 1
+                self.db.execute("INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?)",
+                                (address, key, source, _now_ms()))
+                count += 1
+                added.append(address)
+        return added
+
+    def untried_peers(self) -> list[str]:
+        """Learned addresses this node has never connected to."""
+        return [r[0] for r in self.db.execute(
+            "SELECT address FROM peers WHERE source != 'seed' AND last_seen IS NULL")]
+
     def peer_connected(self, address: str) -> None:
         with self._write():
             now = _now_ms()

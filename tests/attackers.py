@@ -148,7 +148,7 @@ async def one_connection(kind: str, address: str, local_ip: str | None, stats: A
                 async def flood_peers() -> None:
                     while True:
                         addresses = tuple(
-                            f"127.{os.urandom(1)[0]}.{os.urandom(1)[0]}.9:{1000 + i}/@"
+                            f"127.{os.urandom(1)[0]}.{os.urandom(1)[0]}.9:{1000 + i}/"
                             + feed_id_of(nacl.signing.SigningKey.generate())
                             for i in range(wire.MAX_ADDRESSES_PER_MESSAGE))
                         await peer.send(wire.Peers(addresses))
