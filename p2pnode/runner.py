@@ -20,6 +20,7 @@ from protocol.errors import ProtocolError
 from protocol.ids import Address, parse_address
 
 from .home import RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
+from .logtext import SafeFormatter
 from .node import Node, NodeConfig
 from .store import Store
 
@@ -153,3 +154,5 @@ async def _write_status(home: Path, node: Node) -> None:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # peers' text in a log line is escaped (p2pnode/logtext.py)
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
