@@ -252,16 +252,18 @@ def timeline(ctx: click.Context, limit: int | None, as_json: bool) -> None:
 @JSON_OPTION
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> None:
-    """Re-verify every stored header, signature, chain link and payload hash. Exits 1 on any problem."""
+    """Re-verify every stored header, signature, chain link and payload hash. Exits 1 when this store is
+    damaged; forks of other authors held with their proof are reported and exit 0."""
     with local(ctx) as node:
         problems = node.store.check()
     for problem in problems:
-        item = {"feed": feed_id(problem.author), "seq": problem.seq, "problem": problem.what}
+        item = {"feed": feed_id(problem.author), "seq": problem.seq, "problem": problem.what, "kind": problem.kind}
         if as_json:
             emit(item)
         else:
-            click.echo(f"{item['feed']} seq {item['seq']}: {item['problem']}")
-    if problems:
+            note = " (evidence about another author, not damage)" if problem.kind == "evidence" else ""
+            click.echo(f"{item['feed']} seq {item['seq']}: {item['problem']}{note}")
+    if any(p.kind == "corrupt" for p in problems):  # a stranger's fork with its proof is not damage
         raise SystemExit(1)
     if not as_json:
         click.echo("ok: every stored entry verifies")

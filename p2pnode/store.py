@@ -134,6 +134,9 @@ class Problem:
     author: bytes
     seq: int | None
     what: str
+    # "corrupt": this store is damaged (or its own feed is forked); "evidence": a proof this store holds
+    # about another author (a stranger's fork, both signed headers verified), which is not damage
+    kind: str = "corrupt"
 
 
 def _now_ms() -> int:
@@ -535,9 +538,9 @@ class Store:
         problems: list[Problem] = []
         for (author,) in self.db.execute("SELECT DISTINCT author FROM entries ORDER BY author").fetchall():
             problems.extend(self._check_feed(author))
-        for (author, seq, header_b) in self.db.execute("SELECT author, seq, header_b FROM forks").fetchall():
-            problems.append(Problem(author, seq, f"forked: the author also signed {entry_ref(entry_hash(header_b))}, "
-                                                 "which contradicts this entry"))
+        for row in self.db.execute("SELECT author, seq, header_a, signature_a, header_b, signature_b "
+                                   "FROM forks").fetchall():
+            problems.append(_check_fork(self.owner, *row))
         for (author, head_seq) in self.db.execute("SELECT author, head_seq FROM feeds").fetchall():
             actual = self.db.execute("SELECT max(seq) FROM entries WHERE author = ?", (author,)).fetchone()[0]
             if actual != head_seq:
@@ -569,6 +572,24 @@ class Store:
                     previous = FeedHead(author, seq, stored_hash)
                 continue
             previous = FeedHead(author, entry.seq, entry.hash)
+
+
+def _check_fork(owner: bytes, author: bytes, seq: int, header_a: bytes, signature_a: bytes, header_b: bytes,
+                signature_b: bytes) -> Problem:
+    """A stored fork proof: evidence about another author if both headers verify and contradict each other
+    (same seq, different entries; or entry seq+1 whose prev is not entry seq), else damage to this store.
+    A fork of the owner's own feed is reported as damage too: this node can no longer post."""
+    text = f"forked: the author also signed {entry_ref(entry_hash(header_b))}, which contradicts this entry"
+    try:
+        a = verify_entry(header_a, signature_a, None)
+        b = verify_entry(header_b, signature_b, None)
+    except ProtocolError as exc:
+        return Problem(author, seq, f"fork proof does not verify: {exc.message}")
+    same_seq = b.seq == seq and b.hash != a.hash
+    by_link = b.seq == seq + 1 and b.header.prev != a.hash
+    if a.author != author or b.author != author or a.seq != seq or not (same_seq or by_link):
+        return Problem(author, seq, "fork proof does not show two contradicting entries of this feed")
+    return Problem(author, seq, text, "corrupt" if author == owner else "evidence")
 
 
 _ENTRY_COLUMNS = "id, header, signature, payload, hash, retracted"
