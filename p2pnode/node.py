@@ -22,6 +22,7 @@ from protocol.log import CONTACT_TYPES, Entry, peek_author
 from .admission import AWAITING_HELLO, ESTABLISHED, Admission, AdmissionLimits, Budget, Ticket, peer_ip
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
 from .peerbook import PeerBook, PeerBookLimits
+from .relaypolicy import PEER, RelayLimits, RelayPolicy
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
 
@@ -65,6 +66,7 @@ class NodeConfig:
     message_timeout: float = 30.0  # a message that has started must finish within this (spec/wire.md)
     hello_timeout: float = 10.0  # an inbound connection must say hello within this after the handshake
     admission: AdmissionLimits | None = None  # inbound budgets (spec/peers.md); None: defaults, max_inbound
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)  # relay quotas (spec/replication.md)
 
     def admission_limits(self) -> AdmissionLimits:
         if self.admission is not None:
@@ -125,6 +127,7 @@ class Session:
     received_entries: int = 0
     sent_entries: int = 0
     ticket: Ticket | None = None  # an inbound connection's place (p2pnode/admission.py)
+    rate_limited: str | None = None  # set when the peer went over a relay quota: closed after its batch
 
     def __post_init__(self) -> None:
         # received batches flow: receive loop -> verifier -> ingester, two batches in flight at each step
@@ -220,7 +223,7 @@ class Session:
     async def _verifier(self) -> None:
         """Pipeline stage 1: drop unwanted entries, verify the rest (in a thread when so configured)."""
         async for message in self.from_receiver:
-            keep = self.node.select_wanted(message)
+            keep = self.node.select_wanted(message, self)
             await self.to_ingest.send(self.node.verifier.start(keep))
 
     async def _ingester(self) -> None:
@@ -228,6 +231,8 @@ class Session:
         async for pending in self.from_verifier:
             entries, error = await pending.result()
             await self.node.store_entries(self, entries, error)
+            if self.rate_limited is not None:
+                raise PeerGone(self.rate_limited)
 
     async def _pinger(self) -> None:
         nonce = 0
@@ -362,6 +367,7 @@ class Node:
         self.sessions: dict[bytes, Session] = {}
         self.inbound = 0
         self.admission = Admission(self.config.admission_limits())
+        self.relay_policy = RelayPolicy(store, self.config.relay_limits)
         self.peer_book = PeerBook(store, self.owner, lambda: self.blocked,
                                   PeerBookLimits(max_learned=self.config.peer_book_size))
         self.dialing: set[str] = set()
@@ -386,6 +392,8 @@ class Node:
             if seed.key != self.owner and seed.key not in self.blocked:
                 self.store.add_peer(str(seed), seed.key, "seed")
         self.peer_book.load()
+        if self.config.relay:
+            self.relay_policy.load(self.wanted)
         self.verifier = Verifier(self.config.verify_workers)
         try:
             await self._serve(task_status)
@@ -487,21 +495,31 @@ class Node:
     def want_messages(self) -> list[wire.Want]:
         """What a new connection is told this node wants, in messages within the wire limits."""
         feeds = self.store.clock(self.wanted)
-        if self.config.relay:
-            feeds.update(self.store.clock())
+        if self.config.relay:  # named feeds stay within what peers accept (p2pnode/relaypolicy.py)
+            feeds = self.relay_policy.want_feeds(feeds, self.store.clock().items())
             feeds = {a: s for a, s in feeds.items() if a not in self.blocked and a not in self.forked}
         return _want_chunks(feeds, [], self.config.relay)
 
     # ------------------------------------------------------------ receiving
 
-    def select_wanted(self, message: wire.Entries) -> list[tuple[bytes, bytes, bytes | None]]:
-        """The entries of a batch whose feeds this node wants; the others are dropped unread."""
+    def select_wanted(self, message: wire.Entries, session: Session | None = None,
+                      ) -> list[tuple[bytes, bytes, bytes | None]]:
+        """The entries of a batch whose feeds this node wants; the others are dropped unread. A relay takes
+        new feeds within its quotas (p2pnode/relaypolicy.py); a peer over its own quota is told so."""
         keep = []
+        over_quota = False
+        now = trio.current_time()
         for item in message.raw:
             author = peek_author(item[0])
-            if author is None or author in self.wanted or (
-                    self.config.relay and author not in self.blocked and author not in self.forked):
+            if author is None or author in self.wanted:
                 keep.append(item)
+            elif self.config.relay and author not in self.blocked and author not in self.forked:
+                refusal = self.relay_policy.admit(session.key if session else b"", author, now)
+                if refusal is None:
+                    keep.append(item)
+                over_quota = over_quota or refusal == PEER
+        if over_quota and session is not None and session.rate_limited is None:
+            session.rate_limited = self.relay_policy.retry_reason(session.key, now)  # closed once stored
         return keep
 
     async def store_entries(self, session: Session, entries: list[Entry], error: ProtocolError | None) -> None:

@@ -35,10 +35,14 @@ class TokenBucket:
         self.burst, self.rate = burst, rate
         self.tokens, self.when = float(burst), now
 
-    def take(self, now: float, count: float = 1.0) -> bool:
+    def level(self, now: float) -> float:
+        """The tokens there are at `now`."""
         self.tokens = min(self.burst, self.tokens + (now - self.when) * self.rate)
         self.when = now
-        if self.tokens < count:
+        return self.tokens
+
+    def take(self, now: float, count: float = 1.0) -> bool:
+        if self.level(now) < count:
             return False
         self.tokens -= count
         return True
@@ -78,7 +82,7 @@ class PeerBook:
         if not candidates:
             return []
         bucket = self._bucket(announcer, now)
-        allowed = min(len(candidates), int(bucket.tokens_now(now)))
+        allowed = min(len(candidates), int(bucket.level(now)))
         if allowed < len(candidates):
             self.dropped += len(candidates) - allowed
         if allowed <= 0:
@@ -90,10 +94,10 @@ class PeerBook:
             self._untried = set(self.store.untried_peers())
         return added
 
-    def _bucket(self, announcer: bytes, now: float) -> _Allowance:
+    def _bucket(self, announcer: bytes, now: float) -> TokenBucket:
         bucket = self._allowance.get(announcer)
         if bucket is None:
-            bucket = _Allowance(self.limits.per_peer_burst, self.limits.per_peer_per_hour / 3600, now)
+            bucket = TokenBucket(self.limits.per_peer_burst, self.limits.per_peer_per_hour / 3600, now)
             self._allowance[announcer] = bucket
             while len(self._allowance) > self.limits.remembered_peers:
                 self._allowance.popitem(last=False)
@@ -112,8 +116,3 @@ class PeerBook:
             return False
         self._untried.discard(address)  # tried now; later attempts follow the backoff
         return True
-
-
-class _Allowance(TokenBucket):
-    def tokens_now(self, now: float) -> float:
-        return min(self.burst, self.tokens + (now - self.when) * self.rate)

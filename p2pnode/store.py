@@ -478,6 +478,11 @@ class Store:
                 added.append(address)
         return added
 
+    def is_followed(self, author: bytes) -> bool:
+        """Whether any feed this store holds follows `author`."""
+        return self.db.execute("SELECT 1 FROM contacts WHERE target = ? AND following LIMIT 1",
+                               (author,)).fetchone() is not None
+
     def untried_peers(self) -> list[str]:
         """Learned addresses this node has never connected to."""
         return [r[0] for r in self.db.execute(
