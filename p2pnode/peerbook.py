@@ -23,6 +23,8 @@ class PeerBookLimits:
     max_learned: int = 1_000  # learned (non-seed) addresses kept in the store
     per_peer_burst: int = 64  # new addresses taken from one announcing peer at once...
     per_peer_per_hour: int = 64  # ...and then this many an hour
+    all_burst: int = 512  # new addresses from all peers together at once...
+    all_per_hour: int = 512  # ...and then this many an hour (peer keys are free: this bounds a Sybil flood)
     remembered_peers: int = 4_096  # announcing peers whose allowance is remembered
     untried_dial_burst: int = 16  # dials of never-connected learned addresses at once...
     untried_dials_per_minute: int = 12  # ...and then this many a minute
@@ -60,6 +62,7 @@ class PeerBook:
         self._allowance: OrderedDict[bytes, TokenBucket] = OrderedDict()
         self._untried: set[str] = set()
         self._dials: TokenBucket | None = None
+        self._all: TokenBucket | None = None
         self.dropped = 0  # addresses refused by a cap (for tests and status)
 
     def load(self) -> None:
@@ -69,7 +72,14 @@ class PeerBook:
     def learn(self, texts: Iterable[str], announcer: bytes, source: str = "peer") -> list[str]:
         """The addresses of one `peers` message from `announcer`: the valid ones within its allowance go
         into the store in one transaction. Returns those that were new."""
+        texts = list(texts)
         now = trio.current_time()
+        bucket = self._bucket(announcer, now)
+        if self._all is None:
+            self._all = TokenBucket(self.limits.all_burst, self.limits.all_per_hour / 3600, now)
+        if bucket.level(now) < 1 or self._all.level(now) < 1:  # allowance used up: nothing is even parsed
+            self.dropped += len(texts)
+            return []
         blocked = self.blocked()
         candidates: dict[str, bytes] = {}
         for text in texts:
@@ -81,17 +91,17 @@ class PeerBook:
                 candidates.setdefault(str(address), address.key)
         if not candidates:
             return []
-        bucket = self._bucket(announcer, now)
-        allowed = min(len(candidates), int(bucket.level(now)))
+        allowed = min(len(candidates), int(bucket.level(now)), int(self._all.level(now)))
         if allowed < len(candidates):
             self.dropped += len(candidates) - allowed
         if allowed <= 0:
             return []
-        added = self.store.add_learned_peers(list(candidates.items())[:allowed], source, self.limits.max_learned)
-        bucket.take(now, len(added))  # only addresses new to the book use the allowance up
+        added, displaced = self.store.add_learned_peers(list(candidates.items())[:allowed], source,
+                                                        self.limits.max_learned)
+        bucket.take(now, len(added))  # only addresses new to the book use the allowances up
+        self._all.take(now, len(added))
+        self._untried.difference_update(displaced)
         self._untried.update(added)
-        if len(self._untried) > self.limits.max_learned:  # the store displaced some: resynchronise
-            self._untried = set(self.store.untried_peers())
         return added
 
     def _bucket(self, announcer: bytes, now: float) -> TokenBucket:

@@ -454,29 +454,31 @@ class Store:
                 (address, key, source, _now_ms()))
             return cursor.rowcount > 0
 
-    def add_learned_peers(self, peers: list[tuple[str, bytes]], source: str, max_learned: int) -> list[str]:
+    def add_learned_peers(self, peers: list[tuple[str, bytes]], source: str,
+                          max_learned: int) -> tuple[list[str], list[str]]:
         """Remember addresses learned from a peer in one transaction, keeping at most `max_learned` learned
-        (non-seed) addresses: when full, a never-connected learned address (most failed, then oldest)
-        makes room; addresses this node has connected to are never displaced. Returns the new ones."""
-        added: list[str] = []
+        (non-seed) addresses: when full, never-connected learned addresses (most failed, then oldest) make
+        room; addresses this node has connected to are never displaced. Returns (added, displaced)."""
+        if not peers:
+            return [], []
         with self._write():
+            marks = ",".join("?" * len(peers))
+            known = {r[0] for r in self.db.execute(f"SELECT address FROM peers WHERE address IN ({marks})",
+                                                   [address for address, _ in peers])}
+            new = [(address, key) for address, key in dict(peers).items() if address not in known]
             count = self.db.execute("SELECT count(*) FROM peers WHERE source != 'seed'").fetchone()[0]
-            for address, key in peers:
-                if self.db.execute("SELECT 1 FROM peers WHERE address = ?", (address,)).fetchone():
-                    continue
-                if count >= max_learned:
-                    victim = self.db.execute(
-                        "SELECT address FROM peers WHERE source != 'seed' AND last_seen IS NULL "
-                        "ORDER BY failures DESC, added_at LIMIT 1").fetchone()
-                    if victim is None:
-                        break
-                    self.db.execute("DELETE FROM peers WHERE address = ?", victim)
-                    count -= 1
-                self.db.execute("INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?)",
-                                (address, key, source, _now_ms()))
-                count += 1
-                added.append(address)
-        return added
+            excess = count + len(new) - max_learned
+            displaced: list[str] = []
+            if excess > 0:
+                displaced = [r[0] for r in self.db.execute(
+                    "SELECT address FROM peers WHERE source != 'seed' AND last_seen IS NULL "
+                    "ORDER BY failures DESC, added_at LIMIT ?", (excess,))]
+                self.db.executemany("DELETE FROM peers WHERE address = ?", [(a,) for a in displaced])
+                new = new[: max(0, max_learned - (count - len(displaced)))]
+            now = _now_ms()
+            self.db.executemany("INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?)",
+                                [(address, key, source, now) for address, key in new])
+        return [address for address, _ in new], displaced
 
     def is_followed(self, author: bytes) -> bool:
         """Whether any feed this store holds follows `author`."""

@@ -16,7 +16,7 @@ import trio
 
 from protocol import boxstream, msgframing, wire
 from protocol.handshake import DEFAULT_NETWORK_KEY, ClientHandshake
-from protocol.ids import parse_address
+from protocol.ids import feed_id, parse_address
 
 ATTACKS = ("half-open", "no-hello", "drip", "want-flood", "peers-flood")
 
@@ -147,10 +147,9 @@ async def one_connection(kind: str, address: str, local_ip: str | None, stats: A
             async with trio.open_nursery() as nursery:
                 async def flood_peers() -> None:
                     while True:
-                        addresses = tuple(
-                            f"127.{os.urandom(1)[0]}.{os.urandom(1)[0]}.9:{1000 + i}/"
-                            + feed_id_of(nacl.signing.SigningKey.generate())
-                            for i in range(wire.MAX_ADDRESSES_PER_MESSAGE))
+                        first = os.urandom(1)[0]
+                        addresses = tuple(f"127.{first}.{os.urandom(1)[0]}.9:{1000 + i}/{_STRANGERS[i]}"
+                                          for i in range(wire.MAX_ADDRESSES_PER_MESSAGE))
                         await peer.send(wire.Peers(addresses))
                         await trio.sleep(0.05)
                 nursery.start_soon(flood_peers)
@@ -166,9 +165,9 @@ async def one_connection(kind: str, address: str, local_ip: str | None, stats: A
         await trio.aclose_forcefully(stream)
 
 
-def feed_id_of(key: nacl.signing.SigningKey) -> str:
-    from protocol.ids import feed_id
-    return feed_id(bytes(key.verify_key))
+# feed ids for invented addresses (a new host and port make each address new to the node)
+_STRANGERS = [feed_id(bytes(nacl.signing.SigningKey(bytes([i + 1]) * 32).verify_key))
+              for i in range(wire.MAX_ADDRESSES_PER_MESSAGE)]
 
 
 async def attack(kind: str, address: str, local_ip: str | None, stats: AttackStats,

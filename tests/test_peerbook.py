@@ -36,11 +36,12 @@ def test_the_store_keeps_connected_addresses_and_displaces_untried_ones(tmp_path
         store.peer_connected(first[0])
         version = watcher.data_version()
         more = stranger_addresses(32, 5000)
-        added = store.add_learned_peers([(a, parse_feed_id(a.split("/")[1])) for a in more], "peer", 10)
+        added, displaced = store.add_learned_peers([(a, parse_feed_id(a.split("/")[1])) for a in more], "peer", 10)
         assert watcher.data_version() == version + 1, "one `peers` message must be one transaction"
-        assert len(added) == 32
+        assert len(added) == 9 and len(displaced) == 9  # 10 in all; the connected one stays
         book = {row["address"] for row in store.peer_book()}
         assert len(book) == 10 and first[0] in book  # the connected address survived the flood
+        assert set(added) <= book
 
 
 async def test_one_announcer_gets_its_allowance_only(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ async def test_a_peers_flood_neither_fills_the_book_nor_makes_the_node_dial_stra
         node.log.flush()
         log = node.log_path.read_text()
         elapsed = trio.current_time() - start
-        dials = len(re.findall(r"dial \S+ failed", log))
+        dials = len(set(re.findall(r"dial (\S+) failed", log)))  # first attempts (retries follow the backoff)
         assert dials <= 16 + 12 * elapsed / 60 + 1, (dials, elapsed)
         assert dials > 0, "the node dials learned addresses at its rate (the flood's are all refused)"
     finally:
