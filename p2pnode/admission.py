@@ -43,6 +43,9 @@ class AdmissionLimits:
     # are remembered for it
     churn_decay: float = 10.0
     churn_addresses: int = 4096
+    # an address whose churn exceeds this (about 6 new connections a second, sustained) is hung up on at
+    # once, before any handshake work, until it calms down
+    churn_limit: float = 64.0
 
     def budget(self, stage: str) -> Budget:
         return {HANDSHAKE: self.handshake, AWAITING_HELLO: self.awaiting_hello, ESTABLISHED: self.established}[stage]
@@ -138,6 +141,9 @@ class Admission:
         its subnet already holds its share of handshakes (refuse it: close at once)."""
         ticket = Ticket(self, ip, subnet_of(ip), opened=trio.current_time())
         self._count_churn(ip, ticket.opened)
+        if ip is not None and self.churn(ip, ticket.opened) > self.limits.churn_limit:
+            self.refused += 1
+            return None
         if self._enter(ticket, HANDSHAKE) is not None:
             self.refused += 1
             return None

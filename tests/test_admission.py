@@ -59,6 +59,15 @@ async def test_an_address_over_its_share_replaces_its_own_oldest() -> None:
     assert admission.count(HANDSHAKE) == 3
 
 
+async def test_an_address_that_reconnects_too_fast_is_hung_up_on_before_the_handshake() -> None:
+    admission = Admission(small_limits(churn_limit=10.0))
+    tickets = [admission.admit("10.5.0.1") for _ in range(10)]
+    assert all(tickets)
+    assert admission.admit("10.5.0.1") is None  # the 11th at once: refused, no handshake work
+    assert admission.admit("10.5.0.2") is not None  # its neighbour is not
+    assert admission.refused == 1
+
+
 async def test_a_full_stage_replaces_the_most_crowded_network_first() -> None:
     admission = Admission(small_limits())
     honest = admission.admit("10.1.0.1")
