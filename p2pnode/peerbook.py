@@ -14,6 +14,7 @@ from protocol.errors import ProtocolError
 from protocol.ids import parse_address
 
 from .store import Store
+from .storeio import StoreRunner
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,8 @@ class TokenBucket:
 class PeerBook:
     """The node's side of peer exchange, between the wire and the store's peer table."""
 
-    def __init__(self, store: Store, owner: bytes, blocked: Callable[[], set[bytes]],
+    def __init__(self, owner: bytes, blocked: Callable[[], set[bytes]],
                  limits: PeerBookLimits | None = None) -> None:
-        self.store = store
         self.owner = owner
         self.blocked = blocked
         self.limits = limits or PeerBookLimits()
@@ -65,11 +65,12 @@ class PeerBook:
         self._all: TokenBucket | None = None
         self.dropped = 0  # addresses refused by a cap (for tests and status)
 
-    def load(self) -> None:
+    async def load(self, db: StoreRunner) -> None:
         """Read which learned addresses were never connected to (at start)."""
-        self._untried = set(self.store.untried_peers())
+        self._untried = set(await db.read(Store.untried_peers))
 
-    def learn(self, texts: Iterable[str], announcer: bytes, source: str = "peer") -> list[str]:
+    async def learn(self, db: StoreRunner, texts: Iterable[str], announcer: bytes,
+                    source: str = "peer") -> list[str]:
         """The addresses of one `peers` message from `announcer`: the valid ones within its allowance go
         into the store in one transaction. Returns those that were new."""
         texts = list(texts)
@@ -96,10 +97,14 @@ class PeerBook:
             self.dropped += len(candidates) - allowed
         if allowed <= 0:
             return []
-        added, displaced = self.store.add_learned_peers(list(candidates.items())[:allowed], source,
-                                                        self.limits.max_learned)
-        bucket.take(now, len(added))  # only addresses new to the book use the allowances up
-        self._all.take(now, len(added))
+        # the allowances are spent before the write, so that messages arriving meanwhile see them spent
+        bucket.take(now, allowed)
+        self._all.take(now, allowed)
+        added, displaced = await db.write(Store.add_learned_peers, list(candidates.items())[:allowed], source,
+                                          self.limits.max_learned)
+        unused = allowed - len(added)  # addresses the book already held use no allowance: give it back
+        bucket.tokens = min(bucket.burst, bucket.tokens + unused)
+        self._all.tokens = min(self._all.burst, self._all.tokens + unused)
         self._untried.difference_update(displaced)
         self._untried.update(added)
         return added

@@ -2,18 +2,21 @@
 # new feeds (ones it neither wants nor holds) are admitted within a per-peer and a node-wide hourly quota
 # and up to a cap on the feeds it holds beyond those it wants; when full, only feeds that a held feed
 # follows are still taken (up to a hard cap). A peer over its own quota is told `rate-limited:` with a
-# retry time. The relay's own `want` names at most `want_budget` feeds, below what peers accept, so no
-# amount of stored junk can make its peers refuse it.
+# retry time. (A relay's own `want`s name only the feeds its owner wants, protocol/replication.py, so no
+# amount of stored junk can make them exceed what its peers accept.)
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
+
+from protocol.log import peek_author
 
 from .peerbook import TokenBucket
 from .store import Store
+from .storeio import StoreRunner
 
+Raw = tuple[bytes, bytes, bytes | None]
 PEER = "peer"  # refused: this peer's own quota
 NODE = "node"  # refused: the node-wide quota or cap
 
@@ -26,15 +29,13 @@ class RelayLimits:
     new_feeds_per_hour: int = 10_000  # from all peers together
     max_feeds: int = 20_000  # feeds held beyond the wanted ones; then only followed feeds are taken...
     hard_max_feeds: int = 25_000  # ...up to this many
-    want_budget: int = 90_000  # feeds one connection's `want`s name at most (peers accept 100,000)
     remembered_peers: int = 4_096
 
 
 class RelayPolicy:
     """The relay's ingest quotas: consulted for each entry of a feed it does not hold (select_wanted)."""
 
-    def __init__(self, store: Store, limits: RelayLimits | None = None) -> None:
-        self.store = store
+    def __init__(self, limits: RelayLimits | None = None) -> None:
         self.limits = limits or RelayLimits()
         self.known: set[bytes] = set()  # feeds the store holds or has admitted
         self.held = 0  # of those, not wanted ones (what max_feeds counts)
@@ -42,14 +43,29 @@ class RelayPolicy:
         self._all: TokenBucket | None = None
         self.refused = 0
 
-    def load(self, wanted: set[bytes]) -> None:
-        self.known = set(self.store.clock())
+    async def load(self, db: StoreRunner, wanted: set[bytes]) -> None:
+        self.known = set(await db.read(Store.clock))
         self.held = len(self.known - wanted)
 
-    def admit(self, peer: bytes, author: bytes, now: float) -> str | None:
+    async def select(self, db: StoreRunner, peer: bytes, wanted: set[bytes], raw: list[Raw],
+                     now: float) -> tuple[list[Raw], str | None]:
+        """The entries of a batch a relay takes from `peer` (whose feeds pass `wanted` or the quotas), and
+        the `rate-limited:` reason to close with once they are stored, if `peer` went over its own quota."""
+        new = list(dict.fromkeys(a for item in raw if (a := peek_author(item[0])) is not None
+                                 and a not in wanted and a not in self.known))  # in the batch's order
+        followed: set[bytes] = set()
+        if new and self.held >= self.limits.max_feeds:  # full: which of them does a held feed follow?
+            followed = await db.read(Store.followed_among, new)
+        verdicts = {a: self.admit(peer, a, now, a in followed) for a in new}
+        keep = [item for item in raw if verdicts.get(peek_author(item[0]) or b"") is None]
+        over = PEER in verdicts.values()
+        return keep, (self.retry_reason(peer, now) if over else None)
+
+    def admit(self, peer: bytes, author: bytes, now: float, followed: bool = False) -> str | None:
         """Whether to take entries of `author` (a feed this node does not want) from `peer`: None when
         yes; PEER when `peer` has used up its own quota (tell it, see `retry_reason`); NODE when the
-        node-wide quota or the cap says no (not that peer's doing: its entries are dropped quietly)."""
+        node-wide quota or the cap says no (not that peer's doing: its entries are dropped quietly).
+        `followed`: a feed the relay holds follows `author`."""
         if author in self.known:
             return None
         bucket = self._bucket(peer, now)
@@ -59,7 +75,7 @@ class RelayPolicy:
             self.refused += 1
             return PEER
         if self._all.level(now) < 1 or (self.held >= self.limits.max_feeds and (
-                self.held >= self.limits.hard_max_feeds or not self.store.is_followed(author))):
+                self.held >= self.limits.hard_max_feeds or not followed)):
             self.refused += 1
             return NODE
         bucket.take(now)
@@ -74,19 +90,6 @@ class RelayPolicy:
         retry = math.ceil((1 - bucket.level(now)) / bucket.rate) if bucket.rate > 0 else 3600
         return (f"rate-limited: more than {self.limits.new_feeds_per_peer_per_hour} new feeds from one peer "
                 f"in an hour; retry in {max(retry, 1)} s")
-
-    def want_feeds(self, wanted: dict[bytes, int], others: Iterable[tuple[bytes, int]]) -> dict[bytes, int]:
-        """The feeds a relay names in its `want`s on a new connection: every wanted feed, then the others
-        it holds, up to want_budget in all."""
-        feeds = dict(wanted)
-        room = self.limits.want_budget - len(feeds)
-        for author, seq in others:
-            if room <= 0:
-                break
-            if author not in feeds:
-                feeds[author] = seq
-                room -= 1
-        return feeds
 
     def _bucket(self, peer: bytes, now: float) -> TokenBucket:
         bucket = self._peers.get(peer)

@@ -1,23 +1,26 @@
-# Text from the network made safe for a terminal or a log line (minimal version; the CLI work extends it).
-# Every control, format, separator, surrogate, private-use or unassigned character is shown escaped
-# (\xNN, \uNNNN, \UNNNNNNNN), so a peer's text can neither start a line of its own nor drive the terminal.
+# Text from the network shown to a person: one renderer for the terminal and the log, so that a peer's
+# close reason, a host name or a profile name can never pass for the node's own output (spec/decisions.md).
 from __future__ import annotations
 
 import unicodedata
 
-_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# characters that move the cursor, reorder text or hide themselves: shown as \u escapes
+_INVISIBLE_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"}
 
 
-def _escape(char: str) -> str:
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+def terminal_text(text: str) -> str:
+    """`text` with every control, format (bidi overrides, zero-width), separator and unassigned character
+    escaped as \\xNN or \\uNNNN, and backslashes doubled, so that it prints on one line as itself."""
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
-def terminal_text(s: str) -> str:
-    """`s` as one line that is safe to print: characters that could change the terminal's state, start a
-    new line, or reorder or hide text are shown escaped."""
-    return "".join(_escape(c) if unicodedata.category(c) in _ESCAPED_CATEGORIES else c for c in s)
+log_text = terminal_text

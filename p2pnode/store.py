@@ -428,6 +428,10 @@ class Store:
             frontier = next_frontier
         return wanted - blocked - (set(self.forked_feeds()) - {self.owner})
 
+    def interest(self, hops: int) -> tuple[set[bytes], set[bytes], set[bytes]]:
+        """(wanted feeds, blocked feeds, forked feeds other than the owner's): what a node replicates."""
+        return self.wanted_feeds(hops), self.blocked(), set(self.forked_feeds()) - {self.owner}
+
     def profile_name(self, author: bytes) -> str | None:
         row = self.db.execute("SELECT name FROM profiles WHERE author = ?", (author,)).fetchone()
         return row[0] if row else None
@@ -480,10 +484,15 @@ class Store:
                                 [(address, key, source, now) for address, key in new])
         return [address for address, _ in new], displaced
 
-    def is_followed(self, author: bytes) -> bool:
-        """Whether any feed this store holds follows `author`."""
-        return self.db.execute("SELECT 1 FROM contacts WHERE target = ? AND following LIMIT 1",
-                               (author,)).fetchone() is not None
+    def followed_among(self, authors: list[bytes]) -> set[bytes]:
+        """Those of `authors` that a feed this store holds follows."""
+        found: set[bytes] = set()
+        for start in range(0, len(authors), 500):
+            chunk = authors[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT DISTINCT target FROM contacts WHERE following AND target IN ({marks})", chunk))
+        return found
 
     def untried_peers(self) -> list[str]:
         """Learned addresses this node has never connected to."""
@@ -505,10 +514,18 @@ class Store:
         row = self.db.execute("SELECT failures FROM peers WHERE address = ?", (address,)).fetchone()
         return row[0] if row else 0
 
-    def dial_candidates(self, limit: int) -> list[tuple[str, bytes]]:
-        """Known addresses in the order to try them: least-failed first, then seeds, then recently seen."""
+    def add_peers(self, peers: list[tuple[str, bytes]], source: str) -> int:
+        """add_peer for many addresses in one transaction; how many were new."""
+        with self._write():
+            return sum(self.db.execute(
+                "INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (address, key, source, _now_ms())).rowcount for address, key in peers)
+
+    def dial_candidates(self, limit: int) -> list[tuple[str, bytes, str]]:
+        """Known addresses (address, key, source) in the order to try them: least-failed first, then seeds,
+        then recently seen."""
         return list(self.db.execute(
-            "SELECT address, key FROM peers "
+            "SELECT address, key, source FROM peers "
             "ORDER BY failures, (source = 'seed') DESC, coalesce(last_seen, 0) DESC LIMIT ?", (limit,)))
 
     def working_peers(self, limit: int) -> list[str]:

@@ -184,13 +184,14 @@ async def attack(kind: str, address: str, local_ip: str | None, stats: AttackSta
 
 async def honest_sync(address: str, feed: bytes, count: int, key: nacl.signing.SigningKey | None = None,
                       local_ip: str | None = None) -> int:
-    """An honest peer: handshake, hello, want `feed` from seq 0, and read until `count` entries of it
+    """An honest peer: handshake, hello, want and stream `feed` from seq 0, and read until `count` entries of it
     arrived. Returns how many arrived; raises if the node closes first."""
     stream = await open_tcp(address, local_ip)
     try:
         peer = await handshake(stream, address, key)
         await peer.send(hello())
         await peer.send(wire.Want({feed: 0}, (), False))
+        await peer.send(wire.Stream({feed: 0}))  # this peer is the one to stream it (spec/replication.md)
         received = 0
         while received < count:
             message = await peer.receive()

@@ -16,6 +16,7 @@ from nodeproc import NodeProcess, init_home
 from p2pnode.home import STORE_FILE
 from p2pnode.peerbook import PeerBook, PeerBookLimits
 from p2pnode.store import Store
+from p2pnode.storeio import StoreRunner
 from protocol import wire
 from protocol.ids import feed_id, parse_feed_id
 
@@ -47,12 +48,13 @@ def test_the_store_keeps_connected_addresses_and_displaces_untried_ones(tmp_path
 async def test_one_announcer_gets_its_allowance_only(tmp_path: Path) -> None:
     owner = bytes(nacl.signing.SigningKey.generate().verify_key)
     with Store(tmp_path / "s.sqlite3", owner) as store:
-        book = PeerBook(store, owner, set, PeerBookLimits(max_learned=1000, per_peer_burst=64))
+        db = StoreRunner(store, threaded=False)
+        book = PeerBook(owner, set, PeerBookLimits(max_learned=1000, per_peer_burst=64))
         flooder, other = os.urandom(32), os.urandom(32)
         for _ in range(10):
-            book.learn(stranger_addresses(32), flooder)
+            await book.learn(db, stranger_addresses(32), flooder)
         assert len(store.peer_book()) == 64
-        assert len(book.learn(stranger_addresses(32), other)) == 32  # another peer is not held back
+        assert len(await book.learn(db, stranger_addresses(32), other)) == 32  # another peer is not held back
         assert book.dropped == 10 * 32 - 64
 
 

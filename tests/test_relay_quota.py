@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import nacl.signing
-import pytest
 import trio
 import trio.testing
 from attackers import handshake, hello, open_tcp
@@ -39,9 +38,8 @@ def follow(key: nacl.signing.SigningKey, target: bytes) -> Entry:
 def test_policy_quotas_and_the_full_relay(tmp_path: Path) -> None:
     owner = bytes(nacl.signing.SigningKey.generate().verify_key)
     with Store(tmp_path / "s.sqlite3", owner) as store:
-        policy = RelayPolicy(store, RelayLimits(new_feeds_per_peer_per_hour=5, new_feeds_per_hour=8,
-                                                max_feeds=6, hard_max_feeds=7, want_budget=10))
-        policy.load(set())
+        policy = RelayPolicy(RelayLimits(new_feeds_per_peer_per_hour=5, new_feeds_per_hour=8,
+                                         max_feeds=6, hard_max_feeds=7))
         a, b, c = b"a" * 32, b"b" * 32, b"c" * 32
         feeds = [bytes([i]) * 32 for i in range(1, 40)]
         assert [policy.admit(a, f, 0.0) for f in feeds[:6]] == [None] * 5 + [PEER]
@@ -52,38 +50,21 @@ def test_policy_quotas_and_the_full_relay(tmp_path: Path) -> None:
         assert policy.admit(b, feeds[11], 0.0) == NODE  # a stranger is refused when full...
         followed = feeds[12]
         assert store.ingest_verified([follow(nacl.signing.SigningKey(b"\x01" * 32), followed)]).error is None
-        assert policy.admit(b, followed, 0.0) is None  # ...a followed feed is not, up to the hard cap
+        assert store.followed_among([followed, feeds[11]]) == {followed}
+        assert policy.admit(b, followed, 0.0, followed=True) is None  # ...a followed one is, to the hard cap
         assert policy.admit(c, feeds[13], 0.0) == NODE  # and the node-wide 8 per hour are used up
-        assert policy.admit(c, feeds[13], 3600.0 / 8 * 2) == NODE  # refilled, but the hard cap holds
-        wanted = {feeds[30]: 3}
-        named = policy.want_feeds(wanted, ((f, 1) for f in feeds))
-        assert len(named) == 10 and named[feeds[30]] == 3
+        assert policy.admit(c, feeds[13], 3600.0 / 8 * 2, followed=True) == NODE  # refilled; the hard cap holds
 
 
-async def relay_with_junk(tmp_path: Path, net: Net, budget: int | None, junk_feeds: int) -> Node:
-    def prepare(key: nacl.signing.SigningKey, store: Store) -> None:
-        store.ingest_verified(junk(junk_feeds))  # what an unbounded relay held after a flood
-    limits = RelayLimits() if budget is None else RelayLimits(want_budget=budget)
-    return await net.add(relay=True, relay_limits=limits, prepare=prepare)
-
-
-@pytest.mark.parametrize("budget", [400, None], ids=["within-the-budget", "without-a-budget"])
 async def test_a_relays_want_stays_within_its_peers_limit_also_after_a_restart(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock, budget: int | None) -> None:
-    """A relay holding 600 junk feeds, an honest peer that accepts wants of at most 450 feeds: with the
-    relay's want budget (400) they stay connected, also across a restart of the relay; without it
-    (the control) the honest peer closes the relay with `rate-limited:`."""
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A relay holding 600 junk feeds (what an unbounded relay kept after a flood), an honest peer that
+    accepts wants of at most 450 feeds: they stay connected, also across a restart of the relay."""
     async with trio.open_nursery() as nursery:
         net = Net(tmp_path, nursery)
-        relay = await relay_with_junk(tmp_path, net, budget, 600)
+        relay = await net.add(relay=True, prepare=lambda key, store: store.ingest_verified(junk(600)))
         assert relay.address is not None
         honest = await net.add([relay.address], max_peer_wants=450)
-        if budget is None:
-            # the honest peer closes the relay with `rate-limited:` each time: a failure for its backoff
-            await wait_until(lambda: honest.store.peer_failures(str(relay.address)) >= 2, timeout=600)
-            assert relay.owner not in honest.sessions and honest.owner not in relay.sessions
-            nursery.cancel_scope.cancel()
-            return
         await wait_until(lambda: relay.owner in honest.sessions and honest.owner in relay.sessions, timeout=60)
         first = honest.sessions[relay.owner]
         await trio.sleep(100)  # 100 virtual seconds: pings
@@ -96,7 +77,7 @@ async def test_a_relays_want_stays_within_its_peers_limit_also_after_a_restart(
         store = Store(tmp_path / "node0.sqlite3", bytes(key.verify_key))
         assert len(store.clock()) >= 600
         config = NodeConfig(listen_host="10.0.0.0", listen_port=port, verify_workers=0, relay=True,
-                            relay_limits=RelayLimits(want_budget=budget))
+                            store_thread=False)
         again = Node(key, store, config, net.network.interface("10.0.0.0"), random.Random(7))
         await nursery.start(again.run, [])
         await wait_until(lambda: again.owner in honest.sessions and honest.owner in again.sessions
