@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgpack
@@ -128,7 +129,7 @@ async def one_connection(kind: str, address: str, local_ip: str | None, stats: A
                     for i in range(len(data)):
                         await stream.send_all(data[i:i + 1])
                         await trio.sleep(0.5)
-                nursery.start_soon(trickle)
+                nursery.start_soon(_quietly, trickle)
                 reason = await peer.close_reason()
                 nursery.cancel_scope.cancel()
         elif kind == "want-flood":  # the same want of many (unknown) feeds, over and over
@@ -139,7 +140,7 @@ async def one_connection(kind: str, address: str, local_ip: str | None, stats: A
                     while True:
                         await peer.send(wire.Want(feeds, (), False))
                         await trio.sleep(0.05)
-                nursery.start_soon(flood)
+                nursery.start_soon(_quietly, flood)
                 reason = await peer.close_reason()
                 nursery.cancel_scope.cancel()
         elif kind == "peers-flood":  # addresses of strangers, as many as a message holds, again and again
@@ -152,7 +153,7 @@ async def one_connection(kind: str, address: str, local_ip: str | None, stats: A
                                           for i in range(wire.MAX_ADDRESSES_PER_MESSAGE))
                         await peer.send(wire.Peers(addresses))
                         await trio.sleep(0.05)
-                nursery.start_soon(flood_peers)
+                nursery.start_soon(_quietly, flood_peers)
                 reason = await peer.close_reason()
                 nursery.cancel_scope.cancel()
         else:  # "no-hello": the handshake, then silence
@@ -168,6 +169,14 @@ async def one_connection(kind: str, address: str, local_ip: str | None, stats: A
 # feed ids for invented addresses (a new host and port make each address new to the node)
 _STRANGERS = [feed_id(bytes(nacl.signing.SigningKey(bytes([i + 1]) * 32).verify_key))
               for i in range(wire.MAX_ADDRESSES_PER_MESSAGE)]
+
+
+async def _quietly(task: Callable[[], Awaitable[None]]) -> None:
+    """Run an attacker's sending task; the node hanging up on it is the expected end."""
+    try:
+        await task()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
 
 
 async def attack(kind: str, address: str, local_ip: str | None, stats: AttackStats,
