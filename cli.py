@@ -287,7 +287,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         running = runtime_info(node.home)
         data["running"] = bool(running)
         if running:
-            data.update({k: running[k] for k in ("address", "peers") if k in running})
+            data.update({k: running[k] for k in ("address", "peers", "syncing") if k in running})
     if as_json:
         emit(data)
         return
@@ -296,6 +296,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
             for peer in value:
                 click.echo(f"peer {peer.get('id')} {peer.get('address') or ''} "
                            f"{'in sync' if peer.get('in_sync') else 'syncing'}")
+        elif key == "syncing":
+            for feed in value:
+                click.echo(f"syncing {feed.get('id')}: {feed.get('held', 0):,} of {feed.get('seen', 0):,}")
         elif key == "forked":
             click.echo(f"forked: {', '.join(value) if value else 'none'}")
         else:
