@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import nacl.signing
 import pytest
 import trio
 import trio.testing
 from attackers import AttackStats, attack, honest_sync
-from memnodes import chain
+from memnodes import Net, chain
 from nodeproc import NodeProcess, init_home
+from test_node_defense import RawPeer, raw_key
 
 from p2pnode.admission import (
     AWAITING_HELLO,
@@ -27,7 +29,7 @@ from p2pnode.admission import (
 from p2pnode.connection import MessageTimeout, client_handshake, server_handshake
 from p2pnode.home import STORE_FILE
 from p2pnode.store import Store
-from protocol import msgframing
+from protocol import msgframing, wire
 
 WAIT_S = 60.0
 ENTRIES = 300
@@ -197,3 +199,43 @@ async def test_honest_peer_syncs_through_a_crowd(victim: NodeProcess, kind: str)
     assert opened_during > 64, "the node never closed an attacking connection"
     if kind != "half-open":
         assert any(r.startswith("rate-limited: replaced") for r in stats.reasons), stats.reasons
+
+
+# ---------------------------------------------------------------- deadlines in a node (virtual clock)
+
+
+async def test_a_node_closes_a_peer_that_never_says_hello(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = Net(tmp_path, nursery)
+        node = await net.add(hello_timeout=5.0)
+        peer = await RawPeer.connect(net, node, raw_key(1))
+        started = trio.current_time()
+        assert await peer.close_reason() == "timeout: no `hello` within 5 s"
+        assert 5.0 <= trio.current_time() - started < 6.0
+        assert node.admission.count(AWAITING_HELLO) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_closes_a_peer_that_drips_a_message(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Hello, then a message sent a byte every 5 s (well within the 120 s idle timeout): closed with
+    `timeout:` 30 s after its first byte."""
+    async with trio.open_nursery() as nursery:
+        net = Net(tmp_path, nursery)
+        node = await net.add()
+        peer = await RawPeer.connect(net, node, raw_key(2))
+        await peer.hello()
+        data = peer.conn._encoder.encrypt(  # noqa: SLF001 - the bytes of one message, to send one at a time
+            msgframing.encode_message(wire.encode(wire.Ping(5))))
+
+        async def drip() -> None:
+            for i in range(len(data)):
+                await peer.conn._stream.send_all(data[i:i + 1])  # noqa: SLF001
+                await trio.sleep(5)
+        nursery.start_soon(drip)
+        started = trio.current_time()
+        reason = await peer.close_reason(timeout=200)
+        assert reason == "timeout: a message took more than 30 s to arrive", reason
+        assert 30.0 <= trio.current_time() - started < 40.0
+        nursery.cancel_scope.cancel()
