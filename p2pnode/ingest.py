@@ -42,7 +42,8 @@ class Ingest:
         node.stats.entries_in += len(entries)
         remaining = entries
         while remaining:
-            result: IngestResult = await node.db.write(Store.ingest_verified, remaining)
+            starts = {f: set(s) for f, s in node.replicator.starts.items()}
+            result: IngestResult = await node.db.write(Store.ingest_verified, remaining, starts)
             processed = len(result.stored) + result.duplicates
             node.stats.duplicates_in += result.duplicates
             held = remaining[:processed]
@@ -71,6 +72,8 @@ class Ingest:
         node = self.node
         if result.purged_feeds:
             node.replicator.on_purged(result.purged_feeds)
+        if result.lows:
+            node.replicator.set_lows(result.lows)
         if result.stored and node.observer is not None:
             node.observer(result.stored, source.key if source else None)
         if result.stored:
