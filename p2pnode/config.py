@@ -24,6 +24,8 @@ SETTINGS: dict[str, tuple[str, type | tuple[type, ...], str]] = {
     "proxy": ("proxy", str, "a string socks5://HOST:PORT"),
     "no-upnp": ("no_upnp", bool, "true or false"),
     "tor-control": ("tor_control", int, "a port number"),
+    "web": ("web_option", str, "a string HOST:PORT or \"off\""),
+    "web-public": ("web_public", bool, "true or false"),
 }
 
 

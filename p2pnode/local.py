@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,11 +13,11 @@ from typing import Any
 
 import nacl.signing
 
-from protocol.errors import InvalidEntry
+from protocol.errors import InvalidEntry, InvalidId, ProtocolError
 from protocol.ids import entry_ref, feed_id
 
-from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, create_identity, load_identity, node_running
-from .store import Store, StoredEntry
+from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, HomeError, create_identity, load_identity, node_running
+from .store import Store, StoredEntry, StoreError
 
 
 class UserError(Exception):
@@ -61,6 +62,12 @@ class Local:
         if self.store.entry_by_hash(parent) is None:
             raise UserError(f"no entry {entry_ref(parent)} in this store")
         return self.publish({"type": "post", "text": text, "reply_to": parent})
+
+    def set_profile(self, name: str, about: str | None = None) -> StoredEntry:
+        payload = {"type": "profile", "name": name}
+        if about is not None:
+            payload["about"] = about
+        return self.publish(payload)
 
     def retract(self, target: bytes) -> StoredEntry:
         stored = self.store.entry_by_hash(target)
@@ -112,6 +119,22 @@ def runtime_info(home: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) else None
+
+
+def explain(exc: BaseException) -> str | None:
+    """The one line a user is shown for an error that is theirs or the input's (the CLI prints it, the web
+    app shows it on the page); None for anything else, which is a bug."""
+    if isinstance(exc, HomeError | StoreError | UserError):
+        return str(exc)
+    if isinstance(exc, InvalidId):
+        return exc.message
+    if isinstance(exc, ProtocolError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+    if isinstance(exc, sqlite3.Error):
+        return f"the store could not be read or written ({exc}); if it is damaged, 'p2pnode check' tells more"
+    return None
 
 
 def check_text(text: str) -> str:
