@@ -511,18 +511,20 @@ def thread(ctx: click.Context, target: str, full: bool, no_pager: bool, as_json:
 @JSON_OPTION
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> None:
-    """Re-verify every stored entry. Headers, signatures, chain links and payload hashes; exits 1 on any
-    problem. On a terminal, a progress bar shows how far it is."""
+    """Re-verify every stored entry: headers, signatures, chain links and payload hashes. Exits 1 when this
+    store is damaged; forks of other authors held with their proof are reported and exit 0. On a terminal, a
+    progress bar shows how far it is."""
     with local(ctx) as node:
         with statusview.check_progress(not as_json) as progress:
             problems = node.store.check(progress)
     for problem in problems:
-        item = {"feed": feed_id(problem.author), "seq": problem.seq, "problem": problem.what}
+        item = {"feed": feed_id(problem.author), "seq": problem.seq, "problem": problem.what, "kind": problem.kind}
         if as_json:
             emit(item)
         else:
-            click.echo(f"{item['feed']} seq {item['seq']}: {terminal_text(item['problem'])}")
-    if problems:
+            note = " (evidence about another author, not damage)" if problem.kind == "evidence" else ""
+            click.echo(f"{item['feed']} seq {item['seq']}: {terminal_text(item['problem'])}{note}")
+    if any(p.kind == "corrupt" for p in problems):  # a stranger's fork with its proof is not damage
         raise SystemExit(1)
     if as_json:
         say("ok: every stored entry verifies")

@@ -19,6 +19,7 @@ __all__ = [
     "ConnectionClosed",
     "HandshakeFailed",
     "IdleTimeout",
+    "MessageTimeout",
     "MessageTooLarge",
     "TransportError",
     "client_handshake",
@@ -28,6 +29,7 @@ __all__ = [
 MAX_MESSAGE_SIZE = 1_048_576
 RECEIVE_SIZE = 65_536  # most bytes asked from the stream at once
 CLOSE_TIMEOUT = 2.0  # how long aclose() may spend trying to deliver the goodbye
+MESSAGE_TIMEOUT = 30.0  # a message whose first byte has arrived must be complete within this (spec/wire.md)
 
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError)
 
@@ -57,6 +59,11 @@ class MessageTooLarge(TransportError):
     """A message exceeds max_message_size; reason starts with "too-large:"."""
 
 
+class MessageTimeout(TransportError):
+    """A message started but did not finish within message_timeout; reason starts with "timeout:".
+    Receiving is over (sending still works, to say `close`)."""
+
+
 class IdleTimeout(TransportError):
     """Nothing arrived within idle_timeout; reason starts with "idle:". The connection stays open."""
 
@@ -72,10 +79,14 @@ class Connection:
         leftover: bytes = b"",
         idle_timeout: float = 120.0,
         max_message_size: int = MAX_MESSAGE_SIZE,
+        message_timeout: float = MESSAGE_TIMEOUT,
     ) -> None:
         self.remote_key: bytes = result.remote_key
         self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
+        self.message_timeout = message_timeout
+        self.last_received = trio.current_time()  # when the last bytes arrived (admission's "idle")
+        self._partial_since: float | None = None  # when the first byte of an unfinished message arrived
         self._stream = stream
         self._encoder = boxstream.BoxStreamEncoder(result.encrypt_key, result.encrypt_nonce)
         self._decoder = boxstream.BoxStreamDecoder(result.decrypt_key, result.decrypt_nonce)
@@ -133,6 +144,10 @@ class Connection:
                 try:
                     message = self._messages.next_message()
                     if message is not None:
+                        if not self._messages.in_message and not self._decoder.pending:
+                            self._partial_since = None
+                        elif self._partial_since is not None:
+                            self._partial_since = trio.current_time()  # the next message starts now
                         return message
                     event = self._decoder.next_event()
                 # The peer broke the rules: receiving is over, but our sending direction still works, so the
@@ -159,16 +174,28 @@ class Connection:
         if self._broken is not None:
             self._receive_error = self._broken
             raise self._copy(self._broken)
+        now = trio.current_time()
+        wait = self.idle_timeout
+        if self._partial_since is not None:
+            wait = min(wait, self._partial_since + self.message_timeout - now)
         try:
-            with trio.move_on_after(self.idle_timeout) as scope:
+            with trio.move_on_after(max(wait, 0)) as scope:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
         except _NETWORK_ERRORS as exc:
             if self._broken is not None:  # closed by us meanwhile
                 await self._fail_receive(self._broken, exc)
             await self._fail_receive(TransportError(f"network: receive failed: {exc!r}"), exc)
         if scope.cancelled_caught:
+            if self._partial_since is not None and wait < self.idle_timeout:
+                # dripping bytes must not keep a connection alive: a started message has a deadline
+                self._receive_error = MessageTimeout(
+                    f"timeout: a message took more than {self.message_timeout:g} s to arrive")
+                raise self._copy(self._receive_error)
             raise IdleTimeout(f"idle: nothing received for {self.idle_timeout:g} s")
         if data:
+            self.last_received = trio.current_time()
+            if self._partial_since is None:
+                self._partial_since = self.last_received
             self._decoder.receive_data(data)
             return
         try:
@@ -263,11 +290,12 @@ async def client_handshake(
     handshake_timeout: float = 10.0,
     idle_timeout: float = 120.0,
     max_message_size: int = MAX_MESSAGE_SIZE,
+    message_timeout: float = MESSAGE_TIMEOUT,
 ) -> Connection:
     """Dial side: authenticate to the server whose Ed25519 public key is `server_key`."""
     return await _open(stream, lambda: handshake.ClientHandshake(identity, server_key, nacl.utils.random(32),
                                                                  network_key),
-                       "server", handshake_timeout, idle_timeout, max_message_size)
+                       "server", handshake_timeout, idle_timeout, max_message_size, message_timeout)
 
 
 async def server_handshake(
@@ -278,10 +306,11 @@ async def server_handshake(
     handshake_timeout: float = 10.0,
     idle_timeout: float = 120.0,
     max_message_size: int = MAX_MESSAGE_SIZE,
+    message_timeout: float = MESSAGE_TIMEOUT,
 ) -> Connection:
     """Listen side: authenticate whichever client knows the network key; see Connection.remote_key."""
     return await _open(stream, lambda: handshake.ServerHandshake(identity, nacl.utils.random(32), network_key),
-                       "client", handshake_timeout, idle_timeout, max_message_size)
+                       "client", handshake_timeout, idle_timeout, max_message_size, message_timeout)
 
 
 async def _open(
@@ -291,6 +320,7 @@ async def _open(
     handshake_timeout: float,
     idle_timeout: float,
     max_message_size: int,
+    message_timeout: float = MESSAGE_TIMEOUT,
 ) -> Connection:
     """Run either side's handshake on `stream` and wrap the result in a Connection."""
     try:
@@ -301,4 +331,4 @@ async def _open(
     first = machine.initiate() if isinstance(machine, handshake.ClientHandshake) else b""
     result = await _handshake(stream, machine, first, handshake_timeout, who)
     return Connection(stream, result, leftover=machine.leftover, idle_timeout=idle_timeout,
-                      max_message_size=max_message_size)
+                      max_message_size=max_message_size, message_timeout=message_timeout)

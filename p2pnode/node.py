@@ -12,7 +12,7 @@ import logging
 import random
 import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.signing
@@ -25,10 +25,13 @@ from protocol.ids import Address, feed_id
 from protocol.log import Entry
 from protocol.replication import NEWEST_FIRST, STALL_TIMEOUT, SWITCH_DELAY, Replicator
 
+from .admission import Admission, AdmissionLimits, Budget
 from .ingest import Ingest
 from .network import Network, TcpNetwork
+from .peerbook import PeerBook, PeerBookLimits
 from .peers import Peers
 from .reach import Reach
+from .relaypolicy import RelayLimits, RelayPolicy
 from .session import PeerGone, Session
 from .store import IngestResult, Store
 from .storeio import StoreRunner
@@ -96,8 +99,20 @@ class NodeConfig:
     onion_key_file: str | None = None  # where the onion service's key is kept (`run`: <home>/onion_key)
     switch_delay: float = SWITCH_DELAY
     stall_timeout: float = STALL_TIMEOUT
+    message_timeout: float = 30.0  # a message that has started must finish within this (spec/wire.md)
+    hello_timeout: float = 10.0  # an inbound connection must say hello within this after the handshake
+    admission: AdmissionLimits | None = None  # inbound budgets (spec/peers.md); None: defaults, max_inbound
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)  # relay quotas (spec/replication.md)
     newest_first: int = NEWEST_FIRST  # a new feed longer than this starts with its newest entries (0: oldest first)
     keep_distant: int = 0  # > 0: keep feeds at hop 2 and beyond to their latest N entries
+
+    def admission_limits(self) -> AdmissionLimits:
+        if self.admission is not None:
+            return self.admission
+        base = AdmissionLimits()
+        total = self.relay_max_inbound if self.relay else self.max_inbound
+        return AdmissionLimits(established=Budget(total, base.established.per_ip, base.established.per_subnet),
+                               handshake_timeout=self.handshake_timeout, hello_timeout=self.hello_timeout)
 
 
 class Node:
@@ -119,6 +134,10 @@ class Node:
         self.db = StoreRunner(store, threaded=False)
         self.peers = Peers(self)
         self.ingest = Ingest(self)
+        self.admission = Admission(self.config.admission_limits())  # inbound budgets: p2pnode/admission.py
+        self.peer_book = PeerBook(self.owner, lambda: self.blocked,
+                                  PeerBookLimits(max_learned=self.config.peer_book_size))
+        self.relay_policy = RelayPolicy(self.config.relay_limits)  # relay quotas: p2pnode/relaypolicy.py
         self.reach = Reach(self)  # own address, reachability, LAN discovery, UPnP, onion service
         self.verifier = Verifier(0)
         self.by_handle: dict[int, Session] = {}
@@ -156,6 +175,9 @@ class Node:
             known = [(str(s), s.key) for s in seeds or [] if s.key != self.owner and s.key not in self.blocked]
             for text, key in known:
                 await self.db.write(Store.add_peer, text, key, "seed")
+            await self.peer_book.load(self.db)
+            if self.config.relay:
+                await self.relay_policy.load(self.db, self.wanted)
             self.verifier = Verifier(self.config.verify_workers)
             await self._serve(task_status)
         finally:
@@ -172,6 +194,7 @@ class Node:
             nursery.start_soon(self._survive, self._watch_store)
             nursery.start_soon(self._survive, self._interest_loop)
             nursery.start_soon(self._survive, self._tick_loop)
+            nursery.start_soon(self.admission.reap)
             task_status.started(self.address)
 
     async def stop(self) -> None:

@@ -13,6 +13,7 @@ import trio
 from protocol.errors import ProtocolError, Reason
 from protocol.ids import Address, feed_id, parse_address
 
+from .admission import AWAITING_HELLO, peer_ip
 from .connection import TransportError, client_handshake, server_handshake
 from .reach import probe_address, remote_ip
 from .render import log_text
@@ -88,20 +89,29 @@ class Peers:
 
     async def _accept(self, stream: trio.abc.Stream) -> None:
         config = self.config
-        limit = config.relay_max_inbound if config.relay else config.max_inbound
-        if self.inbound >= limit:
-            await stream.aclose()
+        admission = self.node.admission  # budgets, deadlines, eviction: p2pnode/admission.py
+        ticket = admission.admit(peer_ip(stream))
+        if ticket is None:
+            await trio.aclose_forcefully(stream)
             return
         self.inbound += 1
         try:
-            try:
-                conn = await server_handshake(stream, self.node.key, network_key=config.network_key,
-                                              handshake_timeout=config.handshake_timeout,
-                                              idle_timeout=config.idle_timeout)
-            except TransportError as exc:
-                log.info("inbound handshake failed: %s", log_text(exc.reason))
-                return
-            await self.run_session(Session(self.node, conn, outbound=False, remote_ip=remote_ip(stream)))
+            with ticket:
+                try:
+                    conn = await server_handshake(stream, self.node.key, network_key=config.network_key,
+                                                  handshake_timeout=config.handshake_timeout,
+                                                  idle_timeout=config.idle_timeout,
+                                                  message_timeout=config.message_timeout)
+                except TransportError as exc:
+                    log.info("inbound handshake failed: %s", log_text(exc.reason))
+                    return
+                session = Session(self.node, conn, outbound=False, remote_ip=remote_ip(stream))
+                session.ticket = ticket
+                ticket.attach(lambda reason: session.close(PeerGone(Reason.of(reason), reason.split(": ", 1)[-1])),
+                              lambda: (session.received_entries + session.sent_entries, conn.last_received))
+                if refusal := admission.advance(ticket, AWAITING_HELLO):
+                    session.close(PeerGone(Reason.RATE_LIMITED, refusal.split(": ", 1)[-1]))
+                await self.run_session(session)
         finally:
             self.inbound -= 1
 
@@ -154,7 +164,7 @@ class Peers:
         picked: list[tuple[str, bytes]] = []
         keys: set[bytes] = set()
         for address, key, _ in chosen:
-            if key not in keys:
+            if key not in keys and node.peer_book.may_dial(address):  # untried addresses: at a bounded rate
                 keys.add(key)
                 picked.append((address, key))
         return picked
@@ -180,7 +190,8 @@ class Peers:
                     stream = await node.network.dial(target.host, target.port)
                 conn = await client_handshake(stream, node.key, key, network_key=config.network_key,
                                               handshake_timeout=config.handshake_timeout,
-                                              idle_timeout=config.idle_timeout)
+                                              idle_timeout=config.idle_timeout,
+                                              message_timeout=config.message_timeout)
             except (OSError, ValueError, ProtocolError, trio.TooSlowError, TransportError) as exc:
                 record = node.reach.dial_problems.failed(address, classify(address, key, exc,
                                                                            config.handshake_timeout))

@@ -20,6 +20,7 @@ from protocol.errors import ProtocolError
 from protocol.ids import Address, parse_address
 
 from .home import LOCK_FILE, RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
+from .logtext import SafeFormatter
 from .node import Node, NodeConfig
 from .progress import SyncProgress, log_progress
 from .proxy import make_network
@@ -186,3 +187,5 @@ async def _write_status(home: Path, node: Node, extra: dict[str, str], progress:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # peers' text in a log line is escaped (p2pnode/logtext.py)
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -16,6 +16,7 @@ from protocol import wire
 from protocol.errors import ProtocolError, Reason
 from protocol.ids import feed_id
 
+from .admission import ESTABLISHED, Ticket
 from .connection import Connection, IdleTimeout, TransportError
 from .render import log_text
 from .store import Store
@@ -76,6 +77,8 @@ class Session:
         self.ping_due: int | None = None
         self.peers_due = True
         self.received_entries = 0
+        self.ticket: Ticket | None = None  # an inbound connection's place (p2pnode/admission.py)
+        self.rate_limited: str | None = None  # over a relay quota: closed with this once its batch is stored
         self.observed_progress = trio.current_time()
         # received batches flow: reader -> verifier -> ingester, two batches in flight at each step
         self.to_verify, self.from_reader = trio.open_memory_channel[wire.Entries](2)
@@ -252,7 +255,7 @@ class Session:
                 raise PeerGone(Reason.TIMEOUT, f"nothing received for {node.config.idle_timeout:g} s") from None
             except TransportError as exc:
                 kind = Reason.of(exc.reason)
-                if kind in (Reason.TOO_LARGE, Reason.INVALID):  # the peer broke the rules: say so
+                if kind in (Reason.TOO_LARGE, Reason.INVALID, Reason.TIMEOUT):  # the peer broke the rules: say so
                     raise PeerGone(kind, exc.reason.split(":", 1)[-1].strip()) from None
                 raise PeerGone(Reason.CLOSED, exc.reason, by_peer=True) from None
             node.stats.messages_in += 1
@@ -274,6 +277,8 @@ class Session:
             if self.hello is not None:
                 raise wire.WireError("a second hello")
             self.hello = message
+            if self.ticket is not None and (refusal := node.admission.advance(self.ticket, ESTABLISHED)):
+                raise PeerGone(Reason.RATE_LIMITED, refusal.split(": ", 1)[-1])
             node.peers.register(self)
             if not self.outbound:
                 await node.peers.learn_address(message.address, self.key)
@@ -289,7 +294,7 @@ class Session:
         elif isinstance(message, wire.Entries):
             await self.to_verify.send(message)  # waits only for our own pipeline: backpressure on the peer
         elif isinstance(message, wire.Peers):
-            await node.peers.learn_addresses(message.addresses)
+            await node.peer_book.learn(node.db, message.addresses, self.key)  # caps: p2pnode/peerbook.py
         elif isinstance(message, wire.Ping):
             self.pong_due = message.nonce
             self.poke()
@@ -308,6 +313,11 @@ class Session:
         """Stage 1: drop unwanted entries, start verifying the rest (in worker processes when configured)."""
         async for message in self.from_reader:
             keep = self.node.ingest.select_wanted(message)
+            node = self.node
+            if node.config.relay:  # new feeds within the relay's quotas (p2pnode/relaypolicy.py)
+                keep, limited = await node.relay_policy.select(node.db, self.key, node.wanted, keep,
+                                                               trio.current_time())
+                self.rate_limited = self.rate_limited or limited
             await self.to_ingest.send(self.node.verifier.start(keep))
 
     async def _ingester(self) -> None:
@@ -315,6 +325,8 @@ class Session:
         async for pending in self.from_verifier:
             entries, error = await pending.result()
             await self.node.ingest.store_from_peer(self, entries, error)
+            if self.rate_limited is not None:
+                raise PeerGone(Reason.RATE_LIMITED, self.rate_limited.split(": ", 1)[-1])
 
 
 def _within_batch_size(rows: list[tuple[int, bytes, bytes, bytes | None]]) -> list[tuple[bytes, bytes, bytes | None]]:

@@ -143,6 +143,9 @@ class Problem:
     author: bytes
     seq: int | None
     what: str
+    # "corrupt": this store is damaged (or its own feed is forked); "evidence": a proof this store holds
+    # about another author (a stranger's fork, both signed headers verified), which is not damage
+    kind: str = "corrupt"
 
 
 def _now_ms() -> int:
@@ -601,6 +604,47 @@ class Store:
                 (address, key, source, _now_ms()))
             return cursor.rowcount > 0
 
+    def add_learned_peers(self, peers: list[tuple[str, bytes]], source: str,
+                          max_learned: int) -> tuple[list[str], list[str]]:
+        """Remember addresses learned from a peer in one transaction, keeping at most `max_learned` learned
+        (non-seed) addresses: when full, never-connected learned addresses (most failed, then oldest) make
+        room; addresses this node has connected to are never displaced. Returns (added, displaced)."""
+        if not peers:
+            return [], []
+        with self._write():
+            marks = ",".join("?" * len(peers))
+            known = {r[0] for r in self.db.execute(f"SELECT address FROM peers WHERE address IN ({marks})",
+                                                   [address for address, _ in peers])}
+            new = [(address, key) for address, key in dict(peers).items() if address not in known]
+            count = self.db.execute("SELECT count(*) FROM peers WHERE source != 'seed'").fetchone()[0]
+            excess = count + len(new) - max_learned
+            displaced: list[str] = []
+            if excess > 0:
+                displaced = [r[0] for r in self.db.execute(
+                    "SELECT address FROM peers WHERE source != 'seed' AND last_seen IS NULL "
+                    "ORDER BY failures DESC, added_at LIMIT ?", (excess,))]
+                self.db.executemany("DELETE FROM peers WHERE address = ?", [(a,) for a in displaced])
+                new = new[: max(0, max_learned - (count - len(displaced)))]
+            now = _now_ms()
+            self.db.executemany("INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?)",
+                                [(address, key, source, now) for address, key in new])
+        return [address for address, _ in new], displaced
+
+    def followed_among(self, authors: list[bytes]) -> set[bytes]:
+        """Those of `authors` that a feed this store holds follows."""
+        found: set[bytes] = set()
+        for start in range(0, len(authors), 500):
+            chunk = authors[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT DISTINCT target FROM contacts WHERE following AND target IN ({marks})", chunk))
+        return found
+
+    def untried_peers(self) -> list[str]:
+        """Learned addresses this node has never connected to."""
+        return [r[0] for r in self.db.execute(
+            "SELECT address FROM peers WHERE source != 'seed' AND last_seen IS NULL")]
+
     def remove_peer(self, address: str) -> bool:
         """Forget an address (a seed included); True when it was known."""
         with self._write():
@@ -680,9 +724,9 @@ class Store:
             problems.extend(self._check_feed(author, step))
         if progress is not None:
             progress(done[0], total)
-        for (author, seq, header_b) in self.db.execute("SELECT author, seq, header_b FROM forks").fetchall():
-            problems.append(Problem(author, seq, f"forked: the author also signed {entry_ref(entry_hash(header_b))}, "
-                                                 "which contradicts this entry"))
+        for row in self.db.execute("SELECT author, seq, header_a, signature_a, header_b, signature_b "
+                                   "FROM forks").fetchall():
+            problems.append(_check_fork(self.owner, *row))
         for (author, head_seq) in self.db.execute("SELECT author, head_seq FROM feeds").fetchall():
             actual = self.db.execute("SELECT max(seq) FROM entries WHERE author = ?", (author,)).fetchone()[0]
             if actual != head_seq:
@@ -718,6 +762,24 @@ class Store:
                     previous = FeedHead(author, seq, stored_hash)
                 continue
             previous = FeedHead(author, entry.seq, entry.hash)
+
+
+def _check_fork(owner: bytes, author: bytes, seq: int, header_a: bytes, signature_a: bytes, header_b: bytes,
+                signature_b: bytes) -> Problem:
+    """A stored fork proof: evidence about another author if both headers verify and contradict each other
+    (same seq, different entries; or entry seq+1 whose prev is not entry seq), else damage to this store.
+    A fork of the owner's own feed is reported as damage too: this node can no longer post."""
+    text = f"forked: the author also signed {entry_ref(entry_hash(header_b))}, which contradicts this entry"
+    try:
+        a = verify_entry(header_a, signature_a, None)
+        b = verify_entry(header_b, signature_b, None)
+    except ProtocolError as exc:
+        return Problem(author, seq, f"fork proof does not verify: {exc.message}")
+    same_seq = b.seq == seq and b.hash != a.hash
+    by_link = b.seq == seq + 1 and b.header.prev != a.hash
+    if a.author != author or b.author != author or a.seq != seq or not (same_seq or by_link):
+        return Problem(author, seq, "fork proof does not show two contradicting entries of this feed")
+    return Problem(author, seq, text, "corrupt" if author == owner else "evidence")
 
 
 _ENTRY_COLUMNS = "id, header, signature, payload, hash, retracted"

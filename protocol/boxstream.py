@@ -132,6 +132,11 @@ class BoxStreamDecoder:
             self._fail(DataAfterGoodbye("data received after end of stream"))
         self._buffer += data
 
+    @property
+    def pending(self) -> bool:
+        """True while part of a frame is buffered (a frame has started and not finished)."""
+        return bool(self._buffer) or self._body_len > 0
+
     def next_event(self) -> Data | Goodbye | NeedData:
         """The next decrypted body or the goodbye, or NEED_DATA. Raises BoxStreamError on bad input."""
         if self._events:

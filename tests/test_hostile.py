@@ -272,11 +272,11 @@ async def test_fork_keeps_proof_and_marks_feed(tmp_path: Path) -> None:
         with Store(home / STORE_FILE, owner) as store:
             assert store.fork_proofs(author_key) == [(2, second.header_bytes, other_second.header_bytes)]
             assert store.clock([author_key])[author_key] == 2
-        # `check` reports the fork (by design: it lists forked feeds) and nothing else
+        # `check` reports the fork as evidence about a stranger, not as damage to this store: exit 0
         checked = run_cli(home, "check", "--json")
-        assert checked.returncode == 1
+        assert checked.returncode == 0, checked.stdout + checked.stderr
         problems = [json.loads(line) for line in checked.stdout.splitlines()]
-        assert [(p["feed"], p["seq"]) for p in problems] == [(author_id, 2)]
+        assert [(p["feed"], p["seq"], p["kind"]) for p in problems] == [(author_id, 2, "evidence")]
         assert problems[0]["problem"].startswith("forked:")
 
         # a later entry of the forked feed, from another peer, is not stored

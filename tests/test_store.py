@@ -129,6 +129,7 @@ def test_next_entry_with_another_prev_is_a_fork(store: Store) -> None:
     assert ALICE not in store.wanted_feeds(2) or ALICE == store.owner
     problems = store.check()
     assert len(problems) == 1 and problems[0].what.startswith("forked:")
+    assert problems[0].kind == ("corrupt" if ALICE == store.owner else "evidence")
 
 
 def test_first_entry_must_be_seq_1(store: Store) -> None:
