@@ -103,6 +103,9 @@ class NodeConfig:
     hello_timeout: float = 10.0  # an inbound connection must say hello within this after the handshake
     admission: AdmissionLimits | None = None  # inbound budgets (spec/peers.md); None: defaults, max_inbound
     relay_limits: RelayLimits = field(default_factory=RelayLimits)  # relay quotas (spec/replication.md)
+    # feed names a peer may send in want/have/stream/backfill: per second, and at once (beyond: we read slower)
+    request_rate: float = 20_000.0
+    request_burst: float = 200_000.0
     newest_first: int = NEWEST_FIRST  # a new feed longer than this starts with its newest entries (0: oldest first)
     keep_distant: int = 0  # > 0: keep feeds at hop 2 and beyond to their latest N entries
 

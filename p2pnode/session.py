@@ -31,6 +31,27 @@ MAX_BATCH_BYTES = 512 * 1024
 _handles = itertools.count(1)
 
 
+REQUEST_CHUNK = 1_000  # feeds of one want/have/stream/backfill handled between two checkpoints
+
+
+class RequestBudget:
+    """A token bucket of feed names: `rate` a second, up to `burst` at once. `take(n)` waits for them."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = trio.current_time()
+
+    async def take(self, count: int) -> None:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        self.tokens -= count
+        if self.tokens < 0:
+            await trio.sleep(-self.tokens / self.rate)
+
+
 class PeerGone(Exception):
     """Ends a session. `kind` says why as a value; `reason` is the text sent in `close` and logged.
     `by_peer`: the peer closed (its own reason follows) or the transport ended."""
@@ -77,6 +98,7 @@ class Session:
         self.ping_due: int | None = None
         self.peers_due = True
         self.received_entries = 0
+        self.request_budget = RequestBudget(node.config.request_rate, node.config.request_burst)
         self.ticket: Ticket | None = None  # an inbound connection's place (p2pnode/admission.py)
         self.rate_limited: str | None = None  # over a relay quota: closed with this once its batch is stored
         self.observed_progress = trio.current_time()
@@ -272,7 +294,6 @@ class Session:
 
     async def _handle(self, message: wire.Message) -> None:
         node = self.node
-        now = trio.current_time()
         if isinstance(message, wire.Hello):
             if self.hello is not None:
                 raise wire.WireError("a second hello")
@@ -283,14 +304,8 @@ class Session:
             if not self.outbound:
                 await node.peers.learn_address(message.address, self.key)
             node.reach.hello_received(self, message)
-        elif isinstance(message, wire.Want):
-            node.replicator.on_want(self.handle, message, now)
-        elif isinstance(message, wire.Have):
-            node.replicator.on_have(self.handle, message, now)
-        elif isinstance(message, wire.Stream):
-            node.replicator.on_stream(self.handle, message)
-        elif isinstance(message, wire.Backfill):
-            node.replicator.on_backfill(self.handle, message)
+        elif isinstance(message, wire.Want | wire.Have | wire.Stream | wire.Backfill):
+            await self._feed_request(message)
         elif isinstance(message, wire.Entries):
             await self.to_verify.send(message)  # waits only for our own pipeline: backpressure on the peer
         elif isinstance(message, wire.Peers):
@@ -306,6 +321,30 @@ class Session:
             node.reach.checked(self, message)
         # Pong and unknown message types need nothing
         node.wake_touched()
+
+    async def _feed_request(self, message: wire.Want | wire.Have | wire.Stream | wire.Backfill) -> None:
+        """Messages that name feeds cost the replicator a few microseconds per feed: a peer gets a budget of
+        feed names per second (reading from it waits when it is spent: backpressure, not a disconnect), and a
+        long message is handled in chunks with a checkpoint between, so no peer holds the loop for long."""
+        node = self.node
+        replicator = node.replicator
+        feeds = list(message.feeds.items())
+        keys = list(getattr(message, "drop", ()) or getattr(message, "stop", ()))
+        await self.request_budget.take(len(feeds) + len(keys))
+        step = REQUEST_CHUNK
+        for start in range(0, max(len(feeds), len(keys), 1), step):
+            part, gone = dict(feeds[start:start + step]), tuple(keys[start:start + step])
+            now = trio.current_time()
+            if isinstance(message, wire.Want):
+                replicator.on_want(self.handle, wire.Want(part, gone, message.all), now)
+            elif isinstance(message, wire.Have):
+                replicator.on_have(self.handle, wire.Have(part), now)
+            elif isinstance(message, wire.Stream):
+                replicator.on_stream(self.handle, wire.Stream(part, gone))
+            else:
+                replicator.on_backfill(self.handle, wire.Backfill(part))
+            node.wake_touched()
+            await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------ the pipeline
 

@@ -142,3 +142,11 @@ def chain(key: nacl.signing.SigningKey, texts: list[str], start: Entry | None = 
         previous = create_entry(key, previous, {"type": "post", "text": text}, 1_000 + number)
         entries.append(previous)
     return entries
+
+
+async def assert_serves(net: Net, node: Node, nonce: int) -> None:
+    """The node is alive and a well-behaved newcomer gets a pong."""
+    peer = await RawPeer.connect(net, node, raw_key(10_000 + nonce))
+    await peer.hello()
+    await peer.ping(nonce)
+    await peer.conn.aclose()

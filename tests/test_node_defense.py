@@ -12,7 +12,7 @@ from typing import Any
 import nacl.signing
 import trio
 import trio.testing
-from memnodes import FAR, Net, RawPeer, chain, raw_key, wait_until
+from memnodes import FAR, Net, RawPeer, assert_serves, chain, raw_key, wait_until
 
 from p2pnode.connection import TransportError, server_handshake
 from p2pnode.memnet import MemoryInterface
@@ -24,14 +24,6 @@ from protocol.log import FORMAT_VERSION, Header, create_entry, sha256
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 BAD_HOSTS = ["a" * 64 + ".example", "a..b"]
-
-
-async def assert_serves(net: Net, node: Node, nonce: int) -> None:
-    """The node is alive and a well-behaved newcomer gets a pong."""
-    peer = await RawPeer.connect(net, node, raw_key(10_000 + nonce))
-    await peer.hello()
-    await peer.ping(nonce)
-    await peer.conn.aclose()
 
 
 def signed(key: nacl.signing.SigningKey, payload: bytes, seq: int = 1,

@@ -11,7 +11,7 @@ from pathlib import Path
 import nacl.signing
 import trio
 import trio.testing
-from memnodes import Net, RawPeer, chain, raw_key, wait_until
+from memnodes import Net, RawPeer, assert_serves, chain, raw_key, wait_until
 
 from p2pnode.memnet import MemoryNetwork
 from p2pnode.node import Node
@@ -210,4 +210,24 @@ async def test_distant_feeds_are_kept_to_their_latest_entries(
         assert low_of(reader, d) == 481  # hop 2: the latest 20, and no more is asked for
         assert len(reader.store.feed(d)) == 20
         assert reader.store.check() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_wants_is_read_at_the_budgeted_rate_and_others_are_served(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The same 10,000-feed want, 30 times: past the burst of 200,000 feed names the node reads that peer at
+    20,000 names a second (so the flood costs it a bounded share of its time) and keeps serving everyone."""
+    feeds = {(i + 1).to_bytes(32, "big"): 0 for i in range(wire.MAX_FEEDS_PER_WANT)}
+    async with trio.open_nursery() as nursery:
+        net = Net(tmp_path, nursery)
+        node = await net.add()
+        flooder = await RawPeer.connect(net, node, raw_key(240))
+        await flooder.hello()
+        started = trio.current_time()
+        for _ in range(30):
+            await flooder.send(wire.Want(feeds, (), False))
+        await flooder.ping(1)  # answered after the whole flood was read
+        elapsed = trio.current_time() - started
+        assert elapsed >= (30 * len(feeds) - node.config.request_burst) / node.config.request_rate - 0.5
+        await assert_serves(net, node, 2)
         nursery.cancel_scope.cancel()
