@@ -17,13 +17,14 @@ START_TIMEOUT_S = 30.0
 
 
 class NodeProcess:
-    def __init__(self, home: Path, *args: str) -> None:
+    def __init__(self, home: Path, *args: str, new_session: bool = False) -> None:
         self.home = home
         self.log_path = home.parent / f"{home.name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*cli_command(), "run", "--listen", "127.0.0.1:0", "--log-level", "debug", *args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=cli_env(home), cwd=str(home.parent))
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=cli_env(home), cwd=str(home.parent),
+            start_new_session=new_session)
         self.address = self._read_listening()
 
     def _read_listening(self) -> str:
