@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -17,10 +18,12 @@ from p2pnode.local import (
     Local,
     UserError,
     check_text,
+    damage_note,
     describe,
     identity_id,
     init_home,
     open_home,
+    repair_payloads,
     runtime_info,
     view,
 )
@@ -64,9 +67,14 @@ def emit(data: dict[str, Any]) -> None:
 
 
 def print_entries(items: list[StoredEntry], node: Local, as_json: bool) -> None:
+    damaged = []
     for stored in items:
         item = view(stored, node.store)
         click.echo(json.dumps(item, ensure_ascii=False) if as_json else describe(item))
+        if item.get("damaged"):
+            damaged.append(item)
+    for item in damaged:
+        click.echo(f"Warning: {damage_note(item)}", err=True)
 
 
 def feed_arg(text: str) -> bytes:
@@ -106,6 +114,7 @@ class OneLineErrors(click.Group):
 def main(ctx: click.Context, home: Path | None) -> None:
     """p2pnode: a peer-to-peer, censorship-resistant posting node."""
     ctx.obj = {"home": home if home is not None else default_home()}
+    logging.getLogger("p2pnode").addHandler(logging.NullHandler())  # commands print their own lines
 
 
 @main.command()
@@ -249,22 +258,35 @@ def timeline(ctx: click.Context, limit: int | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--repair", is_flag=True,
+              help="Drop payloads damaged on disk, and wait for the running node to fetch them again from peers.")
+@click.option("--wait", type=click.FloatRange(0, 3600), default=60.0, show_default=True, metavar="SECONDS",
+              help="With --repair: how long to wait for the running node.")
 @JSON_OPTION
 @click.pass_context
-def check(ctx: click.Context, as_json: bool) -> None:
+def check(ctx: click.Context, repair: bool, wait: float, as_json: bool) -> None:
     """Re-verify every stored header, signature, chain link and payload hash. Exits 1 on any problem."""
+    repaired: list[Any] = []
+    missing: list[Any] = []
     with local(ctx) as node:
-        problems = node.store.check()
-    for problem in problems:
-        item = {"feed": feed_id(problem.author), "seq": problem.seq, "problem": problem.what}
-        if as_json:
-            emit(item)
-        else:
-            click.echo(f"{item['feed']} seq {item['seq']}: {item['problem']}")
+        if repair:
+            repaired, missing = repair_payloads(node, wait)
+        problems = [{"feed": feed_id(p.author), "seq": p.seq, "problem": p.what} for p in node.store.check()]
+        running = bool(runtime_info(node.home))
+    lost = (f"no peer sent it again within {wait:g} s" if running
+            else "start 'p2pnode run' to fetch it again from peers")
+    problems += [{"feed": feed_id(h.author), "seq": h.seq, "problem": f"payload damaged on disk and dropped; {lost}"}
+                 for h in missing]
+    for header in repaired:
+        item = {"feed": feed_id(header.author), "seq": header.seq,
+                "repaired": "payload damaged on disk, fetched again from a peer"}
+        emit(item) if as_json else click.echo(f"{item['feed']} seq {item['seq']}: {item['repaired']}")
+    for item in problems:
+        emit(item) if as_json else click.echo(f"{item['feed']} seq {item['seq']}: {item['problem']}")
     if problems:
         raise SystemExit(1)
     if not as_json:
-        click.echo("ok: every stored entry verifies")
+        click.echo("ok: every stored entry verifies" + (" (after the repairs above)" if repaired else ""))
 
 
 @main.command()

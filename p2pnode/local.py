@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import nacl.signing
 
 from protocol.errors import InvalidEntry
 from protocol.ids import entry_ref, feed_id
+from protocol.log import Header
 
 from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, create_identity, load_identity
 from .store import Store, StoredEntry
@@ -114,6 +116,25 @@ def runtime_info(home: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
+def damage_note(item: dict[str, Any]) -> str:
+    """The line that reports an entry whose payload was found damaged on disk."""
+    return (f"entry {item['hash']} is damaged on disk: its payload does not match its hash, so it is not shown; "
+            "a running node fetches it again from peers ('p2pnode check --repair' checks every payload)")
+
+
+def repair_payloads(node: Local, wait: float) -> tuple[list[Header], list[Header]]:
+    """Drop every payload that does not match its header; when a node runs on this home, wait up to `wait`
+    seconds for it to fetch them again from its peers. (repaired, still missing) headers."""
+    dropped = node.store.drop_damaged_payloads()
+    missing = list(dropped)
+    if missing and runtime_info(node.home):
+        deadline = time.monotonic() + wait
+        while missing and time.monotonic() < deadline:
+            time.sleep(0.2)
+            missing = [h for h in missing if not node.store.payload_held(h.author, h.seq)]
+    return [h for h in dropped if h not in missing], missing
+
+
 def check_text(text: str) -> str:
     if not text.strip():
         raise UserError("empty post: there is nothing to publish")
@@ -141,6 +162,8 @@ def view(stored: StoredEntry, store: Store | None = None) -> dict[str, Any]:
     if content is None:
         result["retracted"] = stored.retracted
         result["payload_held"] = False
+        if stored.damaged:
+            result["damaged"] = True
         return result
     for key, value in content.items():
         if key == "feed":
@@ -164,7 +187,9 @@ def describe(item: dict[str, Any]) -> str:
     head = f"{item['hash']}  {who}  seq {item['seq']}  {when}"
     kind = item["type"]
     if kind is None:
-        body = "[retracted]" if item.get("retracted") else "[payload not held]"
+        body = ("[retracted]" if item.get("retracted") else
+                "[payload damaged on disk: not shown; fetched again from peers]" if item.get("damaged") else
+                "[payload not held]")
     elif kind == "post":
         body = item["text"] if "reply_to" not in item else f"(reply to {item['reply_to']}) {item['text']}"
     elif kind in ("follow", "unfollow", "block", "unblock"):

@@ -20,6 +20,7 @@ from protocol.ids import Address, feed_id, parse_address
 from protocol.log import CONTACT_TYPES, Entry, peek_author
 
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
+from .repair import Repairer
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
 
@@ -285,6 +286,8 @@ class Session:
             self.their_have.update((a, s) for a, s in message.feeds.items() if a in node.wanted)
         elif isinstance(message, wire.Entries):
             await self.to_verify.send(message)
+        elif isinstance(message, wire.Fetch):
+            node.repair.answer(self, message)
         elif isinstance(message, wire.Peers):
             for text in message.addresses:
                 node.learn_address_text(text, "peer")
@@ -355,6 +358,7 @@ class Node:
         self.changed = trio.Event()  # set whenever peers or sync state change: status writers wait on it
         self._nursery: trio.Nursery | None = None
         self.verifier = Verifier(0)
+        self.repair = Repairer(self)
         self._last_row_id = 0
         self._data_version = 0
 
@@ -381,6 +385,7 @@ class Node:
             self.address = Address(self._advertised_host(host), port, self.owner)
             nursery.start_soon(self._survive, self._dial_loop)
             nursery.start_soon(self._survive, self._watch_store)
+            nursery.start_soon(self._survive, self.repair.run)
             task_status.started(self.address)
 
     def _advertised_host(self, bound_host: str) -> str:

@@ -3,6 +3,7 @@
 # short transactions called inline (spec/decisions.md says why not aiosqlite, and why not a thread).
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,14 +19,18 @@ from protocol.log import (
     CONTACT_TYPES,
     Entry,
     FeedHead,
+    Header,
     check_link,
     create_entry,
     decode_header,
     decode_payload,
     entry_hash,
+    payload_matches,
     sha256,
     verify_entry,
 )
+
+log = logging.getLogger("p2pnode.store")
 
 # Each migration is applied once, in its own transaction, and recorded in schema_migrations.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -123,6 +128,7 @@ class StoredEntry:
     id: int
     entry: Entry
     retracted: bool
+    damaged: bool = False  # the payload on disk did not match its header: it is treated as not held
 
     @property
     def content(self) -> dict[str, Any] | None:
@@ -146,6 +152,9 @@ class Store:
     def __init__(self, path: Path | str, owner: bytes) -> None:
         self.path = Path(path)
         self.owner = owner
+        # set when an entry is stored without its payload or a payload is found damaged: the node's repair
+        # loop (p2pnode/repair.py) then looks for missing payloads again
+        self.missing_changed = False
         try:
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_S,
                                       check_same_thread=False)
@@ -261,8 +270,9 @@ class Store:
         row_id, stored_hash, stored_payload, retracted, header_a, signature_a = row
         if stored_hash == entry.hash:
             result.duplicates += 1
-            if stored_payload is None and not retracted and entry.payload is not None:
-                self._set_payload(row_id, entry)
+            if (entry.payload is not None and not retracted
+                    and (stored_payload is None or not payload_matches(entry.header_bytes, stored_payload))):
+                self._set_payload(row_id, entry)  # a missing payload, or one damaged on disk, comes back
             return
         self.db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (entry.author, entry.seq, header_a, signature_a, entry.header_bytes,
@@ -290,6 +300,8 @@ class Store:
             (entry.author, entry.seq, entry.hash, entry.header_bytes, entry.signature, entry.payload, kind,
              entry.header.timestamp))
         result.stored.append(entry)
+        if entry.payload is None:
+            self.missing_changed = True
         if content is not None:
             self._apply(cursor.lastrowid, entry, content, result)
 
@@ -297,6 +309,7 @@ class Store:
         content = entry.content() or {}
         self.db.execute("UPDATE entries SET payload = ?, type = ? WHERE id = ?",
                         (entry.payload, content.get("type"), row_id))
+        self.missing_changed = True
         self._apply(row_id, entry, content, IngestResult())
 
     def _apply(self, row_id: int | None, entry: Entry, content: dict[str, Any], result: IngestResult) -> None:
@@ -374,13 +387,59 @@ class Store:
         return result
 
     def _rows(self, sql: str, params: Sequence[Any]) -> list[StoredEntry]:
-        return [_stored(row) for row in self.db.execute(sql, params)]
+        rows = [_stored(row) for row in self.db.execute(sql, params)]
+        if any(r.damaged for r in rows):
+            self.payloads_damaged([(r.id, r.entry.header) for r in rows if r.damaged])
+        return rows
 
     def raw_entries_after(self, author: bytes, seq: int, limit: int) -> list[tuple[int, bytes, bytes, bytes | None]]:
         """(seq, header, signature, payload) of one feed's entries with seq > `seq`, in order: what a node
-        sends, with no decoding."""
-        return self.db.execute("SELECT seq, header, signature, payload FROM entries WHERE author = ? AND seq > ? "
+        sends. A payload that does not match its header (damaged on disk) is sent as nil, never as it is."""
+        rows = self.db.execute("SELECT seq, header, signature, payload, id FROM entries WHERE author = ? AND seq > ? "
                                "ORDER BY seq LIMIT ?", (author, seq, limit)).fetchall()
+        result = []
+        damaged = []
+        for seq_, header, signature, payload, row_id in rows:
+            if payload is not None and not payload_matches(header, payload):
+                damaged.append((row_id, decode_header(header)))
+                payload = None
+            result.append((seq_, header, signature, payload))
+        if damaged:
+            self.payloads_damaged(damaged)
+        return result
+
+    def entries_at(self, refs: Iterable[tuple[bytes, int]]) -> list[tuple[bytes, bytes, bytes | None]]:
+        """(header, signature, payload or nil) of the entries named by (feed, seq), those held, in the order
+        given; a damaged payload is nil, as in raw_entries_after."""
+        result = []
+        for author, seq in refs:
+            rows = self.raw_entries_after(author, seq - 1, 1)
+            if rows and rows[0][0] == seq:
+                result.append(rows[0][1:])
+        return result
+
+    def payloads_damaged(self, damaged: list[tuple[int, Header]]) -> None:
+        """Payloads (row id, header) found not to match their headers: report each (log and `on_damage`) and
+        drop them, so that they count as missing and come back from peers (spec/replication.md, "Repair").
+        Dropping is best effort: a store that cannot be written (read-only, full) keeps the bad bytes, which
+        are checked again on every read and never shown or sent."""
+        for _, header in damaged:
+            log.warning("entry %s is damaged on disk: its payload does not match its hash; it is fetched again "
+                        "from peers", entry_ref(entry_hash(header.encode())))
+        try:
+            with self._write():
+                for row_id, header in damaged:
+                    self.db.execute("UPDATE entries SET payload = NULL WHERE id = ? AND author = ? AND seq = ?",
+                                    (row_id, header.author, header.seq))
+        except sqlite3.OperationalError as exc:
+            log.warning("could not drop the damaged payloads: %s", exc)
+        self.missing_changed = True
+
+    def missing_payloads(self, limit: int) -> list[tuple[bytes, int]]:
+        """(feed, seq) of entries held without their payload that were not retracted (received without it,
+        or dropped as damaged): what the node asks peers for. Oldest first."""
+        return self.db.execute("SELECT author, seq FROM entries WHERE payload IS NULL AND retracted = 0 "
+                               "ORDER BY id LIMIT ?", (limit,)).fetchall()
 
     def feed(self, author: bytes, limit: int | None = None) -> list[StoredEntry]:
         """A feed's entries, newest first."""
@@ -501,6 +560,35 @@ class Store:
 
     # ------------------------------------------------------------ check
 
+    def drop_damaged_payloads(self) -> list[Header]:
+        """Check every stored payload against its header; drop those that do not match (they then count as
+        missing, and a running node fetches them again from its peers). The headers of the dropped ones."""
+        damaged: list[tuple[int, Header]] = []
+        last = 0
+        while True:
+            rows = self.db.execute("SELECT id, header, payload FROM entries WHERE id > ? AND payload IS NOT NULL "
+                                   "ORDER BY id LIMIT 1000", (last,)).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            for row_id, header, payload in rows:
+                if not payload_matches(header, payload):
+                    try:
+                        damaged.append((row_id, decode_header(header)))
+                    except ProtocolError:
+                        pass  # a damaged header: check() reports it; its payload cannot be judged
+        if damaged:
+            self.payloads_damaged(damaged)
+        return [header for _, header in damaged]
+
+    def payload_held(self, author: bytes, seq: int) -> bool:
+        row = self.db.execute("SELECT payload IS NOT NULL OR retracted FROM entries WHERE author = ? AND seq = ?",
+                              (author, seq)).fetchone()
+        return bool(row and row[0])
+
+    def count_missing_payloads(self) -> int:
+        return self.db.execute("SELECT count(*) FROM entries WHERE payload IS NULL AND retracted = 0").fetchone()[0]
+
     def check(self) -> list[Problem]:
         """Re-verify every stored header, signature, chain link and payload hash, and list forked feeds."""
         problems: list[Problem] = []
@@ -529,7 +617,8 @@ class Store:
                 check_link(entry, previous)
                 if payload is not None:
                     if len(payload) != entry.header.payload_size or sha256(payload) != entry.header.payload_hash:
-                        raise InvalidEntry("payload does not match the header's payload hash and size")
+                        raise InvalidEntry("payload does not match the header's payload hash and size: entry "
+                                           f"{entry_ref(entry.hash)} is damaged on disk")
                     decode_payload(payload)
             except ProtocolError as exc:
                 yield Problem(author, seq, exc.message)
@@ -547,9 +636,11 @@ _ENTRY_COLUMNS = "id, header, signature, payload, hash, retracted"
 
 def _stored(row: tuple[Any, ...]) -> StoredEntry:
     row_id, header, signature, payload, hash_, retracted = row
-    # already verified on the way in; decode the header again only to carry its fields
-    entry = Entry(header, signature, payload, decode_header(header), hash_)
-    return StoredEntry(row_id, entry, bool(retracted))
+    # already verified on the way in; decode the header again only to carry its fields, and check the payload
+    # against it: what the disk returns is not trusted to be what was stored
+    damaged = payload is not None and not payload_matches(header, payload)
+    entry = Entry(header, signature, None if damaged else payload, decode_header(header), hash_)
+    return StoredEntry(row_id, entry, bool(retracted), damaged)
 
 
 def _short(author: bytes) -> str:

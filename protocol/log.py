@@ -301,6 +301,17 @@ def verify_entries(items: list[tuple[bytes, bytes, bytes | None]], *,
     return verified, None
 
 
+def payload_matches(header_bytes: bytes, payload: bytes) -> bool:
+    """Whether `payload` is the one the header commits to (its SHA-256 and size): how a node checks a payload
+    it has stored before showing or sending it (a stored header was verified when it came in)."""
+    try:
+        fields = msgpack.unpackb(header_bytes, raw=False, use_list=True)
+    except Exception:  # msgpack raises many types for malformed input
+        return False
+    return (type(fields) is list and len(fields) == 7 and fields[6] == len(payload)
+            and fields[5] == sha256(payload))
+
+
 def peek_author(header_bytes: bytes) -> bytes | None:
     """The author key where a valid header keeps it (array of 7, version 1, bin 8 of 32 bytes: decode_header
     accepts no other layout), without decoding; None if the bytes do not start that way. For cheap

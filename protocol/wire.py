@@ -19,6 +19,7 @@ MAX_ADDRESSES_PER_MESSAGE = 32
 MAX_ADDRESS_CHARS = 300
 MAX_REASON_CHARS = 500
 MAX_FEATURES = 32
+MAX_REFS_PER_FETCH = 1_000
 # values in one message, counting every container, element, map key and map value (the largest message
 # of this catalogue, a `want` of 10,000 feeds and 10,000 drops, holds 30,010): decoding a message then
 # costs at most a few MiB, whatever its bytes (spec/wire.md, "Limits")
@@ -66,6 +67,14 @@ class Entries:
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """"Send me these entries again, with their payloads": (feed, seq) of entries the sender holds without a
+    usable payload (spec/replication.md, "Repair")."""
+
+    refs: tuple[tuple[bytes, int], ...]
+
+
+@dataclass(frozen=True)
 class Peers:
     addresses: tuple[str, ...]
 
@@ -92,7 +101,7 @@ class UnknownMessage:
     type: str
 
 
-Message = Hello | Want | Have | Entries | Peers | Ping | Pong | Close | UnknownMessage
+Message = Hello | Want | Have | Entries | Fetch | Peers | Ping | Pong | Close | UnknownMessage
 
 
 def encode(message: Message) -> bytes:
@@ -113,6 +122,8 @@ def _to_map(message: Message) -> dict[str, Any]:
         return {"type": "have", "feeds": message.feeds}
     if isinstance(message, Entries):
         return {"type": "entries", "entries": [list(item) for item in message.raw]}
+    if isinstance(message, Fetch):
+        return {"type": "fetch", "entries": [[author, seq] for author, seq in message.refs]}
     if isinstance(message, Peers):
         return {"type": "peers", "addresses": list(message.addresses)}
     if isinstance(message, Ping):
@@ -211,6 +222,19 @@ def _entries(obj: dict[str, Any]) -> Entries:
     return Entries(tuple(raw))
 
 
+def _fetch(obj: dict[str, Any]) -> Fetch:
+    items = _field(obj, "entries", list)
+    if len(items) > MAX_REFS_PER_FETCH:
+        raise TooLarge(f"fetch names {len(items)} entries, the limit is {MAX_REFS_PER_FETCH}")
+    refs = []
+    for item in items:
+        if (type(item) is not list or len(item) != 2 or type(item[0]) is not bytes or len(item[0]) != KEY_SIZE
+                or type(item[1]) is not int or not 1 <= item[1] <= MAX_SEQ):
+            raise WireError("each fetch entry must be [feed: 32-byte key, seq: integer from 1]")
+        refs.append((item[0], item[1]))
+    return Fetch(tuple(refs))
+
+
 def _peers(obj: dict[str, Any]) -> Peers:
     addresses = _field(obj, "addresses", list)
     if len(addresses) > MAX_ADDRESSES_PER_MESSAGE:
@@ -236,6 +260,7 @@ _DECODERS = {
     "want": _want,
     "have": _have,
     "entries": _entries,
+    "fetch": _fetch,
     "peers": _peers,
     "ping": lambda obj: Ping(_nonce(obj)),
     "pong": lambda obj: Pong(_nonce(obj)),
