@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from p2pnode.diskspace import DEFAULT_MIN_FREE, explain, parse_size
 from p2pnode.home import HomeError, default_home
 from p2pnode.local import (
     Local,
@@ -49,11 +50,23 @@ def user_errors() -> Iterator[None]:
         raise click.ClickException(exc.message) from None
     except ProtocolError as exc:
         raise click.ClickException(exc.reason) from None
-    except OSError as exc:
-        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
-    except sqlite3.Error as exc:
-        raise click.ClickException(f"the store could not be read or written ({exc}); "
-                                   "if it is damaged, 'p2pnode check' tells more") from None
+    except (OSError, sqlite3.Error) as exc:
+        raise click.ClickException(failure_line(exc)) from None
+
+
+def failure_line(exc: OSError | sqlite3.Error) -> str:
+    """One line for a failure to use the home: its cause when it is known (full disk, read-only, permissions)."""
+    ctx = click.get_current_context(silent=True)
+    home = ctx.obj["home"] if ctx is not None and ctx.obj else None
+    cause = explain(exc, home) if home is not None else None
+    if cause is not None:
+        return cause
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+    if ctx is not None and ctx.info_name == "check":  # telling the user to run check would send them round
+        return (f"the store cannot be read ({exc}): it is damaged beyond what check can verify; restore it from "
+                "a backup, or move it away and run 'p2pnode run' to fetch your feed back from your peers")
+    return f"the store could not be read or written ({exc}); if it is damaged, 'p2pnode check' tells more"
 
 
 @contextmanager
@@ -307,7 +320,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         running = runtime_info(node.home)
         data["running"] = bool(running)
         if running:
-            data.update({k: running[k] for k in ("address", "peers") if k in running})
+            data.update({k: running[k] for k in ("address", "storing", "disk_full", "peers") if k in running})
     if as_json:
         emit(data)
         return
@@ -316,6 +329,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
             for peer in value:
                 click.echo(f"peer {peer.get('id')} {peer.get('address') or ''} "
                            f"{'in sync' if peer.get('in_sync') else 'syncing'}")
+        elif key == "disk_full":
+            if value:
+                click.echo(f"disk full: {value}; not storing what peers send until there is space again")
         elif key == "forked":
             click.echo(f"forked: {', '.join(value) if value else 'none'}")
         else:
@@ -335,9 +351,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
+@click.option("--min-free", default=f"{DEFAULT_MIN_FREE >> 20}M", show_default=True, metavar="SIZE",
+              help="Stop storing what peers send while the disk holding the home has less free (e.g. 300M, 1G, 0).")
 @click.pass_context
 def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tuple[str, ...],
-        seeds_file: Path | None, hops: int, relay: bool, log_level: str) -> None:
+        seeds_file: Path | None, hops: int, relay: bool, log_level: str, min_free: str) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS'."""
     home = ctx.obj["home"]
     setup_logging(log_level)
@@ -349,7 +367,12 @@ def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tu
             raise UserError(str(exc)) from None
         if runtime_info(home):
             raise UserError(f"a node is already running on {home}")
-        config = NodeConfig(listen_host=host, listen_port=port, advertise_host=advertise, hops=hops, relay=relay)
+        try:
+            floor = parse_size(min_free)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        config = NodeConfig(listen_host=host, listen_port=port, advertise_host=advertise, hops=hops, relay=relay,
+                            min_free=floor)
         try:
             run_node(home, config, seeds)
         except ConfigError as exc:

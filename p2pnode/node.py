@@ -20,6 +20,7 @@ from protocol.ids import Address, feed_id, parse_address
 from protocol.log import CONTACT_TYPES, Entry, peek_author
 
 from .connection import Connection, IdleTimeout, TransportError, client_handshake, server_handshake
+from .diskspace import DEFAULT_MIN_FREE, DiskWatch
 from .repair import Repairer
 from .store import IngestResult, Store
 from .verifier import Pending, Verifier
@@ -61,6 +62,7 @@ class NodeConfig:
     max_peer_wants: int = 100_000  # feeds one peer may ask for; beyond it the peer is dropped (rate-limited:)
     max_probes: int = 8  # announced addresses checked at once
     min_good_session: float = 30.0  # a session shorter than this counts as a failed dial for backoff
+    min_free: int = DEFAULT_MIN_FREE  # below this much free disk space the node stores nothing peers send
 
 
 class Network(Protocol):
@@ -359,6 +361,8 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.verifier = Verifier(0)
         self.repair = Repairer(self)
+        self.disk = DiskWatch(store.path.parent, self.config.min_free, store)
+        self.disk.on_resume = self._ask_again
         self._last_row_id = 0
         self._data_version = 0
 
@@ -386,6 +390,7 @@ class Node:
             nursery.start_soon(self._survive, self._dial_loop)
             nursery.start_soon(self._survive, self._watch_store)
             nursery.start_soon(self._survive, self.repair.run)
+            nursery.start_soon(self.disk.run)
             task_status.started(self.address)
 
     def _advertised_host(self, bound_host: str) -> str:
@@ -492,7 +497,18 @@ class Node:
     async def store_entries(self, session: Session, entries: list[Entry], error: ProtocolError | None) -> None:
         """Store a verified batch from a peer and push it on. `error`: the batch's first invalid entry,
         which ends the session with its reason (the verified entries before it are kept)."""
-        result: IngestResult = self.store.ingest_verified(entries)
+        if not self.disk.may_store():  # a full disk: dropped, and asked for again when space returns
+            self.disk.drop(len(entries))
+            if error is not None:
+                raise PeerGone(error.reason)
+            return
+        try:
+            result: IngestResult = self.store.ingest_verified(entries)
+        except sqlite3.OperationalError as exc:
+            if not self.disk.failed(exc):
+                raise
+            self.disk.drop(len(entries))
+            return
         session.received_entries += len(result.stored)
         for entry in result.stored:
             if entry.author in session.their_want or session.their_all:
@@ -590,7 +606,8 @@ class Node:
             try:
                 await loop()
             except sqlite3.OperationalError as exc:
-                log.warning("store busy in %s (%s); trying again", loop.__name__, exc)
+                if not self.disk.failed(exc):
+                    log.warning("store busy in %s (%s); trying again", loop.__name__, exc)
                 await trio.sleep(1.0)
 
     async def _accept_contained(self, stream: trio.abc.Stream) -> None:
@@ -694,9 +711,16 @@ class Node:
         self._notify()
         return True
 
+    def _ask_again(self) -> None:
+        """Space is back: ask every peer again for what was dropped while the disk was full."""
+        for session in list(self.sessions.values()):
+            if session.closing is None and session.hello is not None:
+                self._nursery_send(session, list(self.want_messages()))
+
     def status(self) -> dict[str, Any]:
         clock = self.store.clock()
         return {
+            **self.disk.status(),
             "address": str(self.address) if self.address else None,
             "peers": [{
                 "id": feed_id(s.key),

@@ -30,6 +30,8 @@ from protocol.log import (
     verify_entry,
 )
 
+from .diskspace import explain, is_disk_full
+
 log = logging.getLogger("p2pnode.store")
 
 # Each migration is applied once, in its own transaction, and recorded in schema_migrations.
@@ -155,6 +157,7 @@ class Store:
         # set when an entry is stored without its payload or a payload is found damaged: the node's repair
         # loop (p2pnode/repair.py) then looks for missing payloads again
         self.missing_changed = False
+        self.full_error: sqlite3.Error | None = None  # the last write skipped for lack of space (see _peer_write)
         try:
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_S,
                                       check_same_thread=False)
@@ -162,7 +165,9 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+            if hasattr(self, "db"):
+                self.db.close()
+            raise StoreError(explain(exc, self.path.parent) or f"cannot open store {self.path}: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -190,7 +195,9 @@ class Store:
                 self.db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, _now_ms()))
         newest = self.db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
         if newest > MIGRATIONS[-1][0]:
-            raise StoreError(f"store {self.path} has schema version {newest}, newer than this p2pnode knows")
+            raise StoreError(f"store {self.path} was written by a newer version of p2pnode (schema version {newest}; "
+                             f"this one knows up to {MIGRATIONS[-1][0]}): run that version or a newer one; this one "
+                             "leaves the store untouched")
 
     def schema_versions(self) -> list[int]:
         return [row[0] for row in self.db.execute("SELECT version FROM schema_migrations ORDER BY version")]
@@ -500,26 +507,34 @@ class Store:
         return {"feeds": feeds, "entries": entries}
 
     # ------------------------------------------------------------ peer book
+    # Bookkeeping of addresses is best effort: on a full disk it is skipped (and `full_error` says why),
+    # so that the node keeps its connections and keeps dialling.
+
+    def _peer_write(self, sql: str, params: Sequence[Any]) -> int:
+        try:
+            with self._write():
+                return self.db.execute(sql, params).rowcount
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.full_error = exc
+            return 0
 
     def add_peer(self, address: str, key: bytes, source: str) -> bool:
         """Remember an address (seed, peer exchange, hello); True when it was new. Seeds stay seeds."""
-        with self._write():
-            cursor = self.db.execute(
-                "INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(address) DO UPDATE SET source = 'seed' WHERE excluded.source = 'seed'",
-                (address, key, source, _now_ms()))
-            return cursor.rowcount > 0
+        return self._peer_write(
+            "INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(address) DO UPDATE SET source = 'seed' WHERE excluded.source = 'seed'",
+            (address, key, source, _now_ms())) > 0
 
     def peer_connected(self, address: str) -> None:
-        with self._write():
-            now = _now_ms()
-            self.db.execute("UPDATE peers SET last_seen = ?, last_attempt = ? WHERE address = ?", (now, now, address))
+        now = _now_ms()
+        self._peer_write("UPDATE peers SET last_seen = ?, last_attempt = ? WHERE address = ?", (now, now, address))
 
     def peer_attempted(self, address: str, next_attempt_ms: int, failed: bool) -> None:
-        with self._write():
-            self.db.execute("UPDATE peers SET last_attempt = ?, next_attempt = ?, "
-                            "failures = CASE WHEN ? THEN failures + 1 ELSE 0 END WHERE address = ?",
-                            (_now_ms(), next_attempt_ms, failed, address))
+        self._peer_write("UPDATE peers SET last_attempt = ?, next_attempt = ?, "
+                         "failures = CASE WHEN ? THEN failures + 1 ELSE 0 END WHERE address = ?",
+                         (_now_ms(), next_attempt_ms, failed, address))
 
     def peer_failures(self, address: str) -> int:
         row = self.db.execute("SELECT failures FROM peers WHERE address = ?", (address,)).fetchone()
@@ -543,13 +558,10 @@ class Store:
 
     def forget_peers(self, max_failures: int, keep: int) -> int:
         """Forget learned addresses that failed too often, and the oldest beyond `keep`; seeds stay."""
-        with self._write():
-            gone = self.db.execute("DELETE FROM peers WHERE source != 'seed' AND failures >= ?",
-                                   (max_failures,)).rowcount
-            gone += self.db.execute(
-                "DELETE FROM peers WHERE source != 'seed' AND address NOT IN (SELECT address FROM peers "
-                "ORDER BY (source = 'seed') DESC, coalesce(last_seen, 0) DESC, added_at DESC LIMIT ?)",
-                (keep,)).rowcount
+        gone = self._peer_write("DELETE FROM peers WHERE source != 'seed' AND failures >= ?", (max_failures,))
+        gone += self._peer_write(
+            "DELETE FROM peers WHERE source != 'seed' AND address NOT IN (SELECT address FROM peers "
+            "ORDER BY (source = 'seed') DESC, coalesce(last_seen, 0) DESC, added_at DESC LIMIT ?)", (keep,))
         return gone
 
     def authors_since(self, row_id: int) -> tuple[set[bytes], int]:
@@ -657,4 +669,20 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is not None:
+            self._rollback()
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            # a commit that failed (a full disk) may leave the transaction open: end it, or every later
+            # write of this connection would fail with "cannot start a transaction within a transaction"
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolled it back itself

@@ -17,9 +17,9 @@ START_TIMEOUT_S = 30.0
 
 
 class NodeProcess:
-    def __init__(self, home: Path, *args: str, new_session: bool = False) -> None:
+    def __init__(self, home: Path, *args: str, new_session: bool = False, log_path: Path | None = None) -> None:
         self.home = home
-        self.log_path = home.parent / f"{home.name}.log"
+        self.log_path = log_path or home.parent / f"{home.name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*cli_command(), "run", "--listen", "127.0.0.1:0", "--log-level", "debug", *args],
