@@ -64,8 +64,8 @@ def failure_line(exc: OSError | sqlite3.Error) -> str:
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
     if ctx is not None and ctx.info_name == "check":  # telling the user to run check would send them round
-        return (f"the store cannot be read ({exc}): it is damaged beyond what check can verify; restore it from "
-                "a backup, or move it away and run 'p2pnode run' to fetch your feed back from your peers")
+        return (f"the store cannot be read ({exc}): it is damaged; restore it from a backup, or move it away and "
+                "run 'p2pnode run' to fetch your feed back from your peers")
     return f"the store could not be read or written ({exc}); if it is damaged, 'p2pnode check' tells more"
 
 
