@@ -98,6 +98,10 @@ class Connection:
         async with self._send_lock:
             if self._broken is not None:
                 raise self._copy(self._broken)
+            # a cancelled sender stops here, before the encryptor's nonce moves: the connection stays usable
+            # (to say `close`). From here to the stream's own first check nothing yields, so a cancellation
+            # can only land once bytes of this frame may have gone out, and then the stream is broken.
+            await trio.lowlevel.checkpoint_if_cancelled()
             data = self._encoder.encrypt(framed)
             try:
                 await self._stream.send_all(data)

@@ -9,13 +9,13 @@ import errno
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 if TYPE_CHECKING:
+    from .session import Session
     from .store import Store
 
 log = logging.getLogger("p2pnode.disk")
@@ -59,7 +59,11 @@ def _size(n: int) -> str:
 class DiskWatch:
     """Whether the node stores what its peers send. `full` holds while the free space of the home's
     filesystem is below `min_free` or since a write failed for lack of space, until there is `min_free`
-    free again (and at least a little: 1 MiB)."""
+    free again (and at least a little: 1 MiB).
+
+    Entries that arrive meanwhile are dropped. A peer never sends an entry twice on one connection
+    (spec/replication.md), so when space returns the node closes the connections whose entries it dropped
+    (`internal:`, not the peer's fault); they are dialled again and send, from what is held, what was lost."""
 
     def __init__(self, home: Path, min_free: int, store: Store | None = None) -> None:
         self.home = home
@@ -68,7 +72,7 @@ class DiskWatch:
         self.full = False
         self.reason = ""
         self.dropped = 0  # entries received and not stored during the current episode
-        self.on_resume: Callable[[], None] | None = None
+        self.dropped_from: set[Session] = set()
 
     def may_store(self) -> bool:
         return not self.full
@@ -80,8 +84,9 @@ class DiskWatch:
         self._enter(f"a write failed: {exc}")
         return True
 
-    def drop(self, count: int) -> None:
+    def drop(self, session: Session, count: int) -> None:
         self.dropped += count
+        self.dropped_from.add(session)
 
     def _enter(self, reason: str) -> None:
         if self.full:
@@ -95,7 +100,8 @@ class DiskWatch:
     def _resume_at(self) -> int:
         return max(self.min_free, 2**20)
 
-    def check(self) -> None:
+    def check(self) -> bool:
+        """Look at the free space; True when the node may store again after an episode."""
         if self.store is not None and self.store.full_error is not None:  # a bookkeeping write was skipped
             self.failed(self.store.full_error)
             self.store.full_error = None
@@ -103,19 +109,28 @@ class DiskWatch:
             free = free_bytes(self.home)
         except OSError as exc:
             log.warning("cannot read the free space of %s: %s", self.home, exc)
-            return
+            return False
         if not self.full and free < self.min_free:
             self._enter(f"{_size(free)} free, below the floor of {_size(self.min_free)} (--min-free)")
         elif self.full and free >= self._resume_at():
-            self.full = False
-            log.warning("the disk holding %s has %s free again: storing again (%d entries dropped meanwhile "
-                        "are asked for again)", self.home, _size(free), self.dropped)
-            if self.on_resume is not None:
-                self.on_resume()
+            log.warning("the disk holding %s has %s free again: storing again; %d entries dropped meanwhile "
+                        "are fetched again from %d peers", self.home, _size(free), self.dropped,
+                        len(self.dropped_from))
+            return True
+        return False
 
     async def run(self) -> None:
+        from protocol.errors import Reason
+
+        from .session import PeerGone
         while True:
-            self.check()
+            if self.check():
+                # closed before storing resumes: a later entry of theirs would not follow what is held
+                for session in self.dropped_from:
+                    session.close(PeerGone(Reason.INTERNAL, "this node dropped entries while its disk was full; "
+                                           "connect again to send them"))
+                self.dropped_from.clear()
+                self.full = False
             await trio.sleep(CHECK_INTERVAL_S)
 
     def status(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 # Layout (spec/decisions.md): secret (mode 0600), store.sqlite3, seeds, node.json (while running).
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -16,6 +17,7 @@ SECRET_FILE = "secret"
 STORE_FILE = "store.sqlite3"
 SEEDS_FILE = "seeds"
 RUNTIME_FILE = "node.json"
+LOCK_FILE = "run.lock"  # held (flock) by the one `run` of this home for as long as it lives
 
 
 class HomeError(Exception):
@@ -81,3 +83,21 @@ def load_identity(home: Path) -> nacl.signing.SigningKey:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise HomeError(f"secret key file {path} is damaged or not a p2pnode key file") from None
     return nacl.signing.SigningKey(seed)
+
+
+def node_running(home: Path) -> bool:
+    """Whether a `run` holds this home's lock. The lock alone says so: the kernel drops it when the process
+    dies, whereas a pid left in node.json may belong to another process by now (a container's new pid 1...)."""
+    try:
+        handle = open(home / LOCK_FILE, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from protocol.errors import InvalidEntry
 from protocol.ids import entry_ref, feed_id
 from protocol.log import Header
 
-from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, create_identity, load_identity
+from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, create_identity, load_identity, node_running
 from .store import Store, StoredEntry
 
 
@@ -108,10 +107,11 @@ def open_home(home: Path, create_store: bool = False) -> Iterator[Local]:
 
 def runtime_info(home: Path) -> dict[str, Any] | None:
     """What a running node wrote about itself (its address), or None when no node runs here."""
+    if not node_running(home):  # a node.json left by a killed node says nothing
+        return None
     try:
         info = json.loads((home / RUNTIME_FILE).read_text())
-        os.kill(int(info["pid"]), 0)  # a node that died without cleaning up is not running
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) else None
 

@@ -20,12 +20,11 @@ from protocol.errors import ProtocolError
 from protocol.ids import Address, parse_address
 
 from .diskspace import is_disk_full
-from .home import RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
+from .home import LOCK_FILE, RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
 from .node import Node, NodeConfig
 from .store import Store
 
 log = logging.getLogger("p2pnode.run")
-LOCK_FILE = "run.lock"
 STATUS_INTERVAL = 0.5
 
 

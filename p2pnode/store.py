@@ -491,6 +491,10 @@ class Store:
             frontier = next_frontier
         return wanted - blocked - (set(self.forked_feeds()) - {self.owner})
 
+    def interest(self, hops: int) -> tuple[set[bytes], set[bytes], set[bytes]]:
+        """(wanted feeds, blocked feeds, forked feeds other than the owner's): what a node replicates."""
+        return self.wanted_feeds(hops), self.blocked(), set(self.forked_feeds()) - {self.owner}
+
     def profile_name(self, author: bytes) -> str | None:
         row = self.db.execute("SELECT name FROM profiles WHERE author = ?", (author,)).fetchone()
         return row[0] if row else None
@@ -540,10 +544,18 @@ class Store:
         row = self.db.execute("SELECT failures FROM peers WHERE address = ?", (address,)).fetchone()
         return row[0] if row else 0
 
-    def dial_candidates(self, limit: int) -> list[tuple[str, bytes]]:
-        """Known addresses in the order to try them: least-failed first, then seeds, then recently seen."""
+    def add_peers(self, peers: list[tuple[str, bytes]], source: str) -> int:
+        """add_peer for many addresses in one transaction; how many were new."""
+        with self._write():
+            return sum(self.db.execute(
+                "INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (address, key, source, _now_ms())).rowcount for address, key in peers)
+
+    def dial_candidates(self, limit: int) -> list[tuple[str, bytes, str]]:
+        """Known addresses (address, key, source) in the order to try them: least-failed first, then seeds,
+        then recently seen."""
         return list(self.db.execute(
-            "SELECT address, key FROM peers "
+            "SELECT address, key, source FROM peers "
             "ORDER BY failures, (source = 'seed') DESC, coalesce(last_seen, 0) DESC LIMIT ?", (limit,)))
 
     def working_peers(self, limit: int) -> list[str]:

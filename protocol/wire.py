@@ -60,6 +60,15 @@ class Have:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """Redundancy control (spec/replication.md): "send me the entries of these feeds after these seqs, and
+    every new one as you get it"; `stop`: send no more entries of these feeds, only notes (`have`)."""
+
+    feeds: dict[bytes, int] = field(default_factory=dict)
+    stop: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
 class Entries:
     """A batch of entries, each feed's in order; `raw` is each [header, signature, payload or nil]."""
 
@@ -101,7 +110,7 @@ class UnknownMessage:
     type: str
 
 
-Message = Hello | Want | Have | Entries | Fetch | Peers | Ping | Pong | Close | UnknownMessage
+Message = Hello | Want | Have | Stream | Entries | Fetch | Peers | Ping | Pong | Close | UnknownMessage
 
 
 def encode(message: Message) -> bytes:
@@ -120,6 +129,8 @@ def _to_map(message: Message) -> dict[str, Any]:
         return {"type": "want", "feeds": message.feeds, "drop": list(message.drop), "all": message.all}
     if isinstance(message, Have):
         return {"type": "have", "feeds": message.feeds}
+    if isinstance(message, Stream):
+        return {"type": "stream", "feeds": message.feeds, "stop": list(message.stop)}
     if isinstance(message, Entries):
         return {"type": "entries", "entries": [list(item) for item in message.raw]}
     if isinstance(message, Fetch):
@@ -198,11 +209,19 @@ def _hello(obj: dict[str, Any]) -> Hello:
     return Hello(version, tuple(features), address, bool(_field(obj, "relay", bool, False)))
 
 
+def _keys(obj: dict[str, Any], name: str) -> tuple[bytes, ...]:
+    keys = _field(obj, name, list, [])
+    if len(keys) > MAX_FEEDS_PER_WANT or any(type(a) is not bytes or len(a) != KEY_SIZE for a in keys):
+        raise WireError(f"{obj['type']}.{name} must be a list of at most {MAX_FEEDS_PER_WANT} 32-byte keys")
+    return tuple(keys)
+
+
 def _want(obj: dict[str, Any]) -> Want:
-    drop = _field(obj, "drop", list, [])
-    if len(drop) > MAX_FEEDS_PER_WANT or any(type(a) is not bytes or len(a) != KEY_SIZE for a in drop):
-        raise WireError("want.drop must be a list of 32-byte keys")
-    return Want(_seq_map(obj, "feeds"), tuple(drop), _field(obj, "all", bool, False))
+    return Want(_seq_map(obj, "feeds"), _keys(obj, "drop"), _field(obj, "all", bool, False))
+
+
+def _stream(obj: dict[str, Any]) -> Stream:
+    return Stream(_seq_map(obj, "feeds"), _keys(obj, "stop"))
 
 
 def _have(obj: dict[str, Any]) -> Have:
@@ -259,6 +278,7 @@ _DECODERS = {
     "hello": _hello,
     "want": _want,
     "have": _have,
+    "stream": _stream,
     "entries": _entries,
     "fetch": _fetch,
     "peers": _peers,

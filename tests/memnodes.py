@@ -32,12 +32,12 @@ class Net:
                   prepare: Callable[[nacl.signing.SigningKey, Store], None] | None = None,
                   wrap: Callable[[MemoryInterface], Network] | None = None, **config: Any) -> Node:
         index = len(self.nodes)
-        host = f"10.0.0.{index}"
+        host = f"10.{index // 65536}.{index // 256 % 256}.{index % 256}"
         key = nacl.signing.SigningKey(bytes([index + 1]) * 32)
         store = Store(self.tmp_path / f"node{index}.sqlite3", bytes(key.verify_key))
         if prepare is not None:
             prepare(key, store)
-        settings = NodeConfig(listen_host=host, listen_port=0, verify_workers=0, **config)
+        settings = NodeConfig(listen_host=host, listen_port=0, verify_workers=0, store_thread=False, **config)
         interface = self.network.interface(host)
         node = Node(key, store, settings, wrap(interface) if wrap else interface, random.Random(index))
         await self.nursery.start(node.run, seeds or [])

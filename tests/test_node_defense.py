@@ -252,6 +252,7 @@ async def test_drop_while_sending_stops_the_feed(tmp_path: Path, autojump_clock:
         async def ask() -> None:  # while reading: the node reads nothing until its own greeting is read
             await peer.hello()
             await peer.send(wire.Want({x: 0}, (), False))
+            await peer.send(wire.Stream({x: 0}, ()))
 
         nursery.start_soon(ask)
         before = after = 0
@@ -275,8 +276,10 @@ async def test_drop_while_sending_stops_the_feed(tmp_path: Path, autojump_clock:
 # ---------------------------------------------------------------- 4. wants of a relay with many feeds
 
 
-async def test_relay_with_many_feeds_sends_wants_within_the_limit(
+async def test_relay_with_many_feeds_sends_notes_within_the_limit(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A relay says `all` instead of listing every feed it holds; asked for all, it notes them in `have`s
+    that each stay within the wire limit."""
     count = wire.MAX_FEEDS_PER_WANT + 50
     entries = [create_entry(raw_key(100_000 + i), None, {"type": "post", "text": "hi"}, 1_000) for i in range(count)]
     authors = {e.author for e in entries}
@@ -290,16 +293,21 @@ async def test_relay_with_many_feeds_sends_wants_within_the_limit(
         relay = await net.add(prepare=prepare, relay=True)
         peer = await RawPeer.connect(net, relay, raw_key(60))
         await peer.hello()
-        wanted: dict[bytes, int] = {}
+        await peer.send(wire.Want({}, (), True))
+        noted: dict[bytes, int] = {}
+        relay_wants_all = False
         with trio.fail_after(30):
-            while not authors <= wanted.keys():
-                message = await peer.receive()  # wire.decode refuses a want over the limit
+            while not authors <= noted.keys():
+                message = await peer.receive()  # wire.decode refuses a want or have over the limit
                 assert not isinstance(message, wire.Close), message.reason
                 if isinstance(message, wire.Want):
                     assert len(message.feeds) <= wire.MAX_FEEDS_PER_WANT
-                    assert message.all
-                    wanted.update(message.feeds)
-        assert all(wanted[a] == 1 for a in authors)
+                    relay_wants_all = relay_wants_all or message.all
+                if isinstance(message, wire.Have):
+                    assert len(message.feeds) <= wire.MAX_FEEDS_PER_WANT
+                    noted.update(message.feeds)
+        assert relay_wants_all
+        assert all(noted[a] == 1 for a in authors)
         await peer.ping(8)
         nursery.cancel_scope.cancel()
 

@@ -21,11 +21,11 @@ async def test_two_nodes_sync_and_push(tmp_path: Path, autojump_clock: trio.test
         net = Net(tmp_path, nursery)
         a = await net.add()
         for i in range(30):
-            a.publish({"type": "post", "text": f"before {i}"})
+            await a.publish({"type": "post", "text": f"before {i}"})
         b = await net.add(seeds=[a.address])
-        b.publish({"type": "follow", "feed": a.owner})
+        await b.publish({"type": "follow", "feed": a.owner})
         await wait_until(lambda: seqs(b, a) == 30)
-        a.publish({"type": "post", "text": "live"})
+        await a.publish({"type": "post", "text": "live"})
         await wait_until(lambda: seqs(b, a) == 31)
         assert b.store.feed(a.owner, 1)[0].content["text"] == "live"
         assert b.store.check() == []
@@ -39,16 +39,16 @@ async def test_relay_hops_and_author_gone(tmp_path: Path, autojump_clock: trio.t
         r = await net.add(relay=True)
         d = await net.add(seeds=[r.address])
         a = await net.add(seeds=[r.address])
-        d.publish({"type": "post", "text": "from d"})
-        a.publish({"type": "follow", "feed": d.owner})
-        a.publish({"type": "post", "text": "from a"})
+        await d.publish({"type": "post", "text": "from d"})
+        await a.publish({"type": "follow", "feed": d.owner})
+        await a.publish({"type": "post", "text": "from a"})
         await wait_until(lambda: seqs(r, a) == 2 and seqs(r, d) == 1)
         b = await net.add(seeds=[r.address])
-        b.publish({"type": "follow", "feed": a.owner})
+        await b.publish({"type": "follow", "feed": a.owner})
         await wait_until(lambda: seqs(b, a) == 2 and seqs(b, d) == 1)
         # with hops=1, a fourth node gets A but not D
         c = await net.add(seeds=[r.address], hops=1)
-        c.publish({"type": "follow", "feed": a.owner})
+        await c.publish({"type": "follow", "feed": a.owner})
         await wait_until(lambda: seqs(c, a) == 2)
         await trio.sleep(5)
         assert seqs(c, d) == 0
@@ -61,20 +61,20 @@ async def test_retraction_and_block_propagate(tmp_path: Path, autojump_clock: tr
         a = await net.add()
         b = await net.add(seeds=[a.address])
         c = await net.add(seeds=[a.address])
-        first = a.publish({"type": "post", "text": "regret"})
+        first = await a.publish({"type": "post", "text": "regret"})
         for node in (b, c):
-            node.publish({"type": "follow", "feed": a.owner})
+            await node.publish({"type": "follow", "feed": a.owner})
         await wait_until(lambda: seqs(b, a) == 1 and seqs(c, a) == 1)
-        a.publish({"type": "retract", "entry": first.hash})
+        await a.publish({"type": "retract", "entry": first.hash})
         await wait_until(lambda: seqs(b, a) == 2)
         stored = b.store.entry_by_hash(first.hash)
         assert stored is not None and stored.retracted and stored.entry.payload is None
         assert b.store.check() == []
         # C blocks A: A's entries are purged, the connection closed, and new posts are not fetched
-        c.publish({"type": "block", "feed": a.owner})
+        await c.publish({"type": "block", "feed": a.owner})
         assert seqs(c, a) == 0
         await wait_until(lambda: a.owner not in c.sessions)
-        a.publish({"type": "post", "text": "after the block"})
+        await a.publish({"type": "post", "text": "after the block"})
         await wait_until(lambda: seqs(b, a) == 3)
         await trio.sleep(10)
         assert seqs(c, a) == 0 and c.store.feed(a.owner) == []
@@ -109,8 +109,8 @@ async def test_fifty_nodes_random_topology(tmp_path: Path, autojump_clock: trio.
         author = nodes[rng.randrange(50)]
         for node in nodes:
             if node is not author:
-                node.publish({"type": "follow", "feed": author.owner})
-        entry = author.publish({"type": "post", "text": "to everyone"})
+                await node.publish({"type": "follow", "feed": author.owner})
+        entry = await author.publish({"type": "post", "text": "to everyone"})
         await wait_until(lambda: all(n.store.entry_by_hash(entry.hash) is not None for n in nodes), timeout=600)
         assert all(n.store.check() == [] for n in nodes)
         nursery.cancel_scope.cancel()

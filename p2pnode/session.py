@@ -1,0 +1,291 @@
+# One authenticated connection to a peer: a reader, one writer, and the pipeline that verifies and stores
+# what the peer sends (spec/replication.md, "A connection, step by step"). The reader never awaits a send:
+# it hands what it received to the replication state (protocol/replication.py) or to the pipeline, and wakes
+# the writer, which alone sends on the connection: control messages first, then entries, one batch at a time.
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocol import wire
+from protocol.errors import ProtocolError, Reason
+from protocol.ids import feed_id
+
+from .connection import Connection, IdleTimeout, TransportError
+from .render import log_text
+from .store import Store
+from .verifier import Pending
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("p2pnode.node")
+
+MAX_BATCH_BYTES = 512 * 1024
+_handles = itertools.count(1)
+
+
+class PeerGone(Exception):
+    """Ends a session. `kind` says why as a value; `reason` is the text sent in `close` and logged.
+    `by_peer`: the peer closed (its own reason follows) or the transport ended."""
+
+    def __init__(self, kind: Reason, message: str, *, by_peer: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.by_peer = by_peer
+
+    @property
+    def reason(self) -> str:
+        if self.by_peer:
+            return f"peer closed: {self.message}"
+        return f"{self.kind.value}: {self.message}"
+
+    @classmethod
+    def from_error(cls, error: ProtocolError) -> PeerGone:
+        return cls(error.kind, error.message)
+
+    @classmethod
+    def peer_closed(cls, their_reason: str) -> PeerGone:
+        return cls(Reason.of(their_reason), their_reason, by_peer=True)
+
+
+class Session:
+    """One connection to a peer, from the handshake on. `handle` names it in the replication state."""
+
+    def __init__(self, node: Node, conn: Connection, *, outbound: bool, address: str | None = None) -> None:
+        self.node = node
+        self.conn = conn
+        self.outbound = outbound
+        self.address = address
+        self.handle = next(_handles)
+        self.hello: wire.Hello | None = None
+        self.closing: PeerGone | None = None
+        self.cancel_scope: trio.CancelScope | None = None
+        self.wake = trio.Event()
+        self.pong_due: int | None = None
+        self.ping_due: int | None = None
+        self.peers_due = True
+        self.received_entries = 0
+        self.observed_progress = trio.current_time()
+        # received batches flow: reader -> verifier -> ingester, two batches in flight at each step
+        self.to_verify, self.from_reader = trio.open_memory_channel[wire.Entries](2)
+        self.to_ingest, self.from_verifier = trio.open_memory_channel[Pending](2)
+
+    @property
+    def key(self) -> bytes:
+        return self.conn.remote_key
+
+    @property
+    def dialer(self) -> bytes:
+        return self.node.owner if self.outbound else self.key
+
+    @property
+    def sent_entries(self) -> int:
+        state = self.node.replicator.peers.get(self.handle)
+        return state.sent if state is not None else 0
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    def close(self, gone: PeerGone) -> None:
+        """End the session; the first reason given is the one sent to the peer."""
+        if self.closing is None:
+            self.closing = gone
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        node = self.node
+        node.replicator.add_peer(self.handle, self.key)
+        node.by_handle[self.handle] = self
+        try:
+            with trio.CancelScope() as scope:
+                self.cancel_scope = scope
+                if self.closing is not None:
+                    scope.cancel()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._guard, self._verifier)
+                    nursery.start_soon(self._guard, self._ingester)
+                    nursery.start_soon(self._guard, self._writer)
+                    nursery.start_soon(self._guard, self._pinger)
+                    nursery.start_soon(self._guard, self._reader)
+        finally:
+            del node.by_handle[self.handle]
+            node.replicator.remove_peer(self.handle, trio.current_time())
+            node.wake_touched()
+            gone = self.closing or PeerGone(Reason.SHUTDOWN, "node stopping")
+            if self.hello is not None:  # a probe (close before hello) was never a session
+                log.info("peer %s disconnected: %s", feed_id(self.key)[:12], log_text(gone.reason))
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                if not gone.by_peer:
+                    try:
+                        await self.conn.send(wire.encode(wire.Close(gone.reason)))
+                    except (TransportError, ProtocolError):
+                        pass
+                await self.conn.aclose()
+
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the session's tasks; a PeerGone from any of them ends the whole session."""
+        try:
+            await task()
+        except PeerGone as exc:
+            self.close(exc)
+        except ProtocolError as exc:
+            self.close(PeerGone.from_error(exc))
+        except Exception:  # a bug must end this session, not the node and every other session with it
+            log.exception("error in the session with %s", feed_id(self.key)[:12])
+            self.close(PeerGone(Reason.INTERNAL, "error in this node; see its log"))
+
+    # ------------------------------------------------------------ the one writer
+
+    async def _send(self, message: wire.Message) -> None:
+        timeout = self.node.config.send_timeout
+        try:
+            with trio.fail_after(timeout):
+                await self.conn.send(wire.encode(message))
+        except TransportError as exc:
+            raise PeerGone(Reason.CLOSED, f"send failed: {exc.reason}", by_peer=True) from None
+        except trio.TooSlowError:
+            raise PeerGone(Reason.TIMEOUT, f"the peer read nothing for {timeout:g} s") from None
+
+    def _next_control(self) -> wire.Message | None:
+        if self.pong_due is not None:
+            nonce, self.pong_due = self.pong_due, None
+            return wire.Pong(nonce)
+        if self.ping_due is not None:
+            nonce, self.ping_due = self.ping_due, None
+            return wire.Ping(nonce)
+        return self.node.replicator.next_message(self.handle)
+
+    async def _writer(self) -> None:
+        node = self.node
+        await self._send(wire.Hello(wire.PROTOCOL_VERSION, (), str(node.address) if node.address else None,
+                                    node.config.relay))
+        while True:
+            message = self._next_control()
+            if message is not None:
+                await self._send(message)
+                continue
+            if self.peers_due:
+                self.peers_due = False
+                await self._send_peers()
+                continue
+            job = node.replicator.next_feed(self.handle)
+            if job is not None:
+                await self._send_entries(*job)
+                continue
+            repair = await node.repair.next_message(self)  # fetches, and answers to the peer's (repair.py)
+            if repair is not None:
+                await self._send(repair)
+                continue
+            await self.wake.wait()
+            self.wake = trio.Event()
+
+    async def _send_peers(self) -> None:
+        limit = wire.MAX_ADDRESSES_PER_MESSAGE
+        addresses = [a for a in await self.node.db.read(Store.working_peers, limit + 1) if a != self.address]
+        if addresses:
+            await self._send(wire.Peers(tuple(addresses[:limit])))
+
+    async def _send_entries(self, author: bytes, since: int) -> None:
+        node = self.node
+        rows = await node.db.read(Store.raw_entries_after, author, since, node.config.batch_entries)
+        if author in node.blocked:
+            return  # blocked while we read
+        if not rows:
+            node.replicator.not_held(self.handle, author)
+            return
+        batch: list[tuple[bytes, bytes, bytes | None]] = []
+        size = 0
+        for _, header, signature, payload in rows:
+            entry_size = len(header) + len(signature) + len(payload or b"") + 16
+            if batch and size + entry_size > MAX_BATCH_BYTES:
+                break
+            batch.append((header, signature, payload))
+            size += entry_size
+        await self._send(wire.Entries(tuple(batch)))
+        node.replicator.entries_sent(self.handle, author, rows[len(batch) - 1][0], len(batch))
+
+    async def _pinger(self) -> None:
+        for nonce in itertools.count(1):
+            await trio.sleep(self.node.config.ping_interval)
+            self.ping_due = nonce
+            self.poke()
+
+    # ------------------------------------------------------------ the reader
+
+    async def _reader(self) -> None:
+        node = self.node
+        first = True
+        last_exchange = trio.current_time()
+        while True:
+            try:
+                data = await self.conn.receive()
+            except IdleTimeout:
+                raise PeerGone(Reason.TIMEOUT, f"nothing received for {node.config.idle_timeout:g} s") from None
+            except TransportError as exc:
+                kind = Reason.of(exc.reason)
+                if kind in (Reason.TOO_LARGE, Reason.INVALID):  # the peer broke the rules: say so
+                    raise PeerGone(kind, exc.reason.split(":", 1)[-1].strip()) from None
+                raise PeerGone(Reason.CLOSED, exc.reason, by_peer=True) from None
+            message = wire.decode(data)
+            if first and not isinstance(message, (wire.Hello, wire.Close)):
+                raise wire.WireError("the first message must be hello")
+            first = False
+            await self._handle(message)
+            if trio.current_time() - last_exchange > node.config.peer_exchange_interval:
+                last_exchange = trio.current_time()
+                self.peers_due = True
+                self.poke()
+
+    async def _handle(self, message: wire.Message) -> None:
+        node = self.node
+        now = trio.current_time()
+        if isinstance(message, wire.Hello):
+            if self.hello is not None:
+                raise wire.WireError("a second hello")
+            self.hello = message
+            node.peers.register(self)
+            if not self.outbound:
+                await node.peers.learn_address(message.address, self.key)
+        elif isinstance(message, wire.Want):
+            node.replicator.on_want(self.handle, message, now)
+        elif isinstance(message, wire.Have):
+            node.replicator.on_have(self.handle, message, now)
+        elif isinstance(message, wire.Stream):
+            node.replicator.on_stream(self.handle, message)
+        elif isinstance(message, wire.Entries):
+            await self.to_verify.send(message)  # waits only for our own pipeline: backpressure on the peer
+        elif isinstance(message, wire.Fetch):
+            node.repair.on_fetch(self, message)
+        elif isinstance(message, wire.Peers):
+            await node.peers.learn_addresses(message.addresses)
+        elif isinstance(message, wire.Ping):
+            self.pong_due = message.nonce
+            self.poke()
+        elif isinstance(message, wire.Close):
+            raise PeerGone.peer_closed(message.reason)
+        # Pong and unknown message types need nothing
+        node.wake_touched()
+
+    # ------------------------------------------------------------ the pipeline
+
+    async def _verifier(self) -> None:
+        """Stage 1: drop unwanted entries, start verifying the rest (in worker processes when configured)."""
+        async for message in self.from_reader:
+            keep = self.node.ingest.select_wanted(message)
+            await self.to_ingest.send(self.node.verifier.start(keep))
+
+    async def _ingester(self) -> None:
+        """Stage 2: store verified entries in order; the first invalid one ends the session."""
+        async for pending in self.from_verifier:
+            entries, error = await pending.result()
+            await self.node.ingest.store_from_peer(self, entries, error)

@@ -1,0 +1,373 @@
+# Sans-I/O replication (spec/replication.md): per peer, which feeds it wants, what it holds as far as we know,
+# which feeds it streams to us and which we stream to it. Redundancy control after Epidemic Broadcast Trees:
+# of all the connected peers that hold a feed, exactly one streams its entries to us; the others only send
+# notes (`have`: their seq), and one of them takes over when the streaming peer falls behind, stalls or goes.
+# The node feeds this object events (messages received, entries stored, the time) and carries out what it
+# asks for (messages to send, feed ranges to read from the store and send). No I/O, no clock of its own.
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from . import wire
+from .errors import Reason, RemoteProtocolError
+
+SWITCH_DELAY = 1.0  # s a note may show more than we hold before another peer is asked to stream the feed
+STALL_TIMEOUT = 5.0  # s a streaming peer that claims more than it delivers may go without sending anything
+MAX_PEER_WANTS = 100_000  # feeds one peer may want on a connection (spec/wire.md, rate-limited:)
+
+
+@dataclass(eq=False)
+class PeerState:
+    """What one connected peer and this node have told each other. `id` is the connection's handle (two
+    connections of one key may live at once, briefly), `key` the peer's public key."""
+
+    id: int
+    key: bytes
+    wants_all: bool = False  # a relay: it wants every feed we hold
+    their_want: set[bytes] = field(default_factory=set)
+    their_seq: dict[bytes, int] = field(default_factory=dict)  # of feeds either side wants: what it holds
+    streaming_to: set[bytes] = field(default_factory=set)  # feeds it asked us to stream
+    streaming_from: set[bytes] = field(default_factory=set)  # feeds we asked it to stream
+    want_sent: set[bytes] = field(default_factory=set)
+    all_sent: bool = False
+    notes_due: set[bytes] = field(default_factory=set)
+    stream_due: set[bytes] = field(default_factory=set)
+    stop_due: set[bytes] = field(default_factory=set)
+    dirty: set[bytes] = field(default_factory=set)  # feeds with entries to send it
+    distrusted: set[bytes] = field(default_factory=set)  # feeds it claimed and did not deliver
+    received: int = 0
+    sent: int = 0
+
+    def has_work(self) -> bool:
+        return bool(self.notes_due or self.stream_due or self.stop_due or self.dirty)
+
+
+class Replicator:
+    """The replication state of one node and all its connected peers. Every method is an event; the
+    actions are read back with `next_message(peer)` and `next_feed(peer)`. `touched` collects the peers
+    that got something new to send since the node last emptied it."""
+
+    def __init__(self, *, relay: bool = False, switch_delay: float = SWITCH_DELAY,
+                 stall_timeout: float = STALL_TIMEOUT, max_peer_wants: int = MAX_PEER_WANTS) -> None:
+        self.relay = relay
+        self.switch_delay = switch_delay
+        self.stall_timeout = stall_timeout
+        self.max_peer_wants = max_peer_wants
+        self.clock: dict[bytes, int] = {}  # every feed this node holds -> its latest seq
+        self.wanted: set[bytes] = set()
+        self.blocked: set[bytes] = set()
+        self.forked: set[bytes] = set()
+        self.peers: dict[int, PeerState] = {}
+        self.streamer: dict[bytes, int] = {}  # feed -> handle of the peer streaming it to us
+        self.lagging: dict[bytes, float] = {}  # feed -> since when a note has shown more than we hold
+        self.last_progress: dict[bytes, float] = {}  # feed -> when its streamer last delivered or was asked
+        self.touched: set[int] = set()
+
+    # ------------------------------------------------------------ what we want
+
+    def wants(self, feed: bytes) -> bool:
+        if feed in self.blocked or feed in self.forked:
+            return False
+        return self.relay or feed in self.wanted
+
+    def _desired(self) -> set[bytes]:
+        """Feeds named in our `want`s: a relay names only what its owner wants and says `all` for the rest."""
+        return self.wanted - self.blocked - self.forked
+
+    def set_interest(self, wanted: set[bytes], blocked: set[bytes], forked: set[bytes], now: float) -> None:
+        """The owner's follows or blocks changed (or a fork was found): peers get the difference."""
+        self.wanted, self.blocked, self.forked = set(wanted), set(blocked), set(forked)
+        for feed in list(self.streamer):
+            if not self.wants(feed):
+                self._stop_streaming(feed)
+        for peer in self.peers.values():
+            for feed in list(peer.streaming_to):
+                if feed in self.blocked:
+                    peer.streaming_to.discard(feed)
+                    peer.dirty.discard(feed)
+            peer.their_want -= self.blocked
+            self.touched.add(peer.id)
+            # feeds a peer already told us about can be streamed from it at once
+            for feed, seq in list(peer.their_seq.items()):
+                if self.wants(feed):
+                    self._note(peer, feed, seq, now)
+
+    # ------------------------------------------------------------ peers
+
+    def add_peer(self, handle: int, key: bytes) -> PeerState:
+        peer = PeerState(handle, key)
+        self.peers[handle] = peer
+        self.touched.add(handle)
+        return peer
+
+    def remove_peer(self, handle: int, now: float) -> None:
+        peer = self.peers.pop(handle, None)
+        if peer is None:
+            return
+        self.touched.discard(handle)
+        for feed in peer.streaming_from:
+            if self.streamer.get(feed) == handle:
+                del self.streamer[feed]
+                self._choose_streamer(feed, now)
+
+    # ------------------------------------------------------------ messages from a peer
+
+    def on_want(self, handle: int, message: wire.Want, now: float) -> None:
+        peer = self.peers[handle]
+        for feed in message.drop:
+            peer.their_want.discard(feed)
+            peer.streaming_to.discard(feed)
+            peer.dirty.discard(feed)
+            peer.notes_due.discard(feed)
+        for feed, seq in message.feeds.items():
+            if feed in self.blocked:
+                continue
+            peer.their_want.add(feed)
+            self._note(peer, feed, seq, now)
+            if self.clock.get(feed, 0) > 0:
+                peer.notes_due.add(feed)
+        if len(peer.their_want) > self.max_peer_wants:
+            raise RemoteProtocolError(f"the peer wants more than {self.max_peer_wants} feeds", Reason.RATE_LIMITED)
+        if message.all and not peer.wants_all:
+            peer.wants_all = True
+            peer.notes_due.update(f for f in self.clock if f not in self.blocked)
+        self.touched.add(handle)
+
+    def on_have(self, handle: int, message: wire.Have, now: float) -> None:
+        peer = self.peers[handle]
+        for feed, seq in message.feeds.items():
+            self._note(peer, feed, seq, now)
+
+    def on_stream(self, handle: int, message: wire.Stream) -> None:
+        peer = self.peers[handle]
+        for feed in message.stop:
+            peer.streaming_to.discard(feed)
+            peer.dirty.discard(feed)
+        for feed, seq in message.feeds.items():
+            if feed in self.blocked:
+                continue
+            if feed not in peer.their_want and not peer.wants_all:
+                peer.their_want.add(feed)
+            peer.streaming_to.add(feed)
+            peer.notes_due.discard(feed)
+            # never twice on one connection: a repeated request from an older seq sends only what is new to it
+            held = max(peer.their_seq.get(feed, 0), seq)
+            peer.their_seq[feed] = held
+            if self.clock.get(feed, 0) > held:
+                peer.dirty.add(feed)
+        if len(peer.their_want) > self.max_peer_wants:
+            raise RemoteProtocolError(f"the peer wants more than {self.max_peer_wants} feeds", Reason.RATE_LIMITED)
+        self.touched.add(handle)
+
+    def on_entries(self, handle: int, seqs: dict[bytes, int], now: float) -> None:
+        """The peer sent (verified) entries of these feeds up to these seqs: it holds them."""
+        peer = self.peers.get(handle)
+        if peer is None:
+            return
+        for feed, seq in seqs.items():
+            if self.wants(feed) or feed in peer.their_want:
+                peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), seq)
+            if self.streamer.get(feed) == handle:
+                self.last_progress[feed] = now
+
+    def _note(self, peer: PeerState, feed: bytes, seq: int, now: float) -> None:
+        """The peer holds `feed` up to `seq` (a want or a have said so)."""
+        if not (self.wants(feed) or feed in peer.their_want):
+            return  # nothing we would do with it: not kept, so a peer cannot grow our memory with it
+        peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), seq)
+        held = self.clock.get(feed, 0)
+        if not self.wants(feed) or feed in peer.distrusted or seq <= held:
+            return  # a peer is asked to stream only what it holds beyond us; notes bring the rest
+        current = self.streamer.get(feed)
+        if current is None or current not in self.peers or self.peers[current].their_seq.get(feed, 0) < held:
+            self._switch(feed, peer, now)  # nobody streams it, or the one who does is behind us
+        elif current != peer.id:
+            # the streaming peer may have the entry in flight: give it SWITCH_DELAY before asking another
+            self.lagging.setdefault(feed, now)
+
+    # ------------------------------------------------------------ our own progress
+
+    def on_stored(self, seqs: dict[bytes, int], source: int | None, now: float) -> None:
+        """This node now holds these feeds up to these seqs (received from `source`, or published, or written
+        by another process): stream them on, and note them to the peers that want them from someone else."""
+        for feed, seq in seqs.items():
+            if seq <= self.clock.get(feed, 0):
+                continue
+            self.clock[feed] = seq
+            if feed in self.lagging and seq >= self._best_seq(feed):
+                del self.lagging[feed]
+            for peer in self.peers.values():
+                if peer.id == source or feed in self.blocked:
+                    continue
+                if peer.their_seq.get(feed, 0) >= seq:
+                    continue
+                if feed in peer.streaming_to:
+                    peer.dirty.add(feed)
+                    self.touched.add(peer.id)
+                elif feed in peer.their_want or peer.wants_all:
+                    peer.notes_due.add(feed)
+                    self.touched.add(peer.id)
+
+    def on_purged(self, feeds: Iterable[bytes]) -> None:
+        """The store dropped these feeds (a block): nothing of them is held, sent or streamed any more."""
+        for feed in feeds:
+            self.clock.pop(feed, None)
+            self._stop_streaming(feed)
+            for peer in self.peers.values():
+                peer.dirty.discard(feed)
+                peer.notes_due.discard(feed)
+
+    def _stop_streaming(self, feed: bytes) -> None:
+        handle = self.streamer.pop(feed, None)
+        self.lagging.pop(feed, None)
+        self.last_progress.pop(feed, None)
+        peer = self.peers.get(handle) if handle is not None else None
+        if peer is not None and feed in peer.streaming_from:
+            peer.streaming_from.discard(feed)
+            peer.stream_due.discard(feed)
+            peer.stop_due.add(feed)
+            self.touched.add(peer.id)
+
+    # ------------------------------------------------------------ choosing who streams
+
+    def _best_seq(self, feed: bytes) -> int:
+        return max((p.their_seq.get(feed, 0) for p in self.peers.values()), default=0)
+
+    def _switch(self, feed: bytes, peer: PeerState, now: float) -> None:
+        old = self.streamer.get(feed)
+        if old == peer.id:
+            return
+        if old is not None and old in self.peers:
+            previous = self.peers[old]
+            previous.streaming_from.discard(feed)
+            previous.stream_due.discard(feed)
+            previous.stop_due.add(feed)
+            self.touched.add(old)
+        self.streamer[feed] = peer.id
+        peer.streaming_from.add(feed)
+        peer.stop_due.discard(feed)
+        peer.stream_due.add(feed)
+        self.lagging.pop(feed, None)
+        self.last_progress[feed] = now
+        self.touched.add(peer.id)
+
+    def _choose_streamer(self, feed: bytes, now: float, exclude: int | None = None) -> bool:
+        """Ask the peer that holds most of `feed` beyond us (the author itself on a tie) to stream it."""
+        held = self.clock.get(feed, 0)
+        candidates = [p for p in self.peers.values() if p.id != exclude and feed not in p.distrusted
+                      and p.their_seq.get(feed, 0) > held]
+        if not candidates:
+            return False
+        best = max(candidates, key=lambda p: (p.their_seq.get(feed, 0), p.key == feed))
+        self._switch(feed, best, now)
+        return True
+
+    def tick(self, now: float) -> None:
+        """Time passed: replace streaming peers that fell behind another peer's note or stalled."""
+        for feed, since in list(self.lagging.items()):
+            if now - since < self.switch_delay:
+                continue
+            held = self.clock.get(feed, 0)
+            current = self.streamer.get(feed)
+            ahead = [p for p in self.peers.values() if p.their_seq.get(feed, 0) > held and feed not in p.distrusted]
+            if not ahead or current in {p.id for p in ahead}:
+                # the streaming peer holds more than we do: it is delivering, or it stalls (below)
+                self.lagging.pop(feed, None)
+                continue
+            best = max(ahead, key=lambda p: p.their_seq.get(feed, 0))
+            self._switch(feed, best, now)
+        for feed, handle in list(self.streamer.items()):
+            peer = self.peers.get(handle)
+            if peer is None:
+                continue
+            claimed = peer.their_seq.get(feed, 0)
+            if claimed > self.clock.get(feed, 0) and now - self.last_progress.get(feed, now) >= self.stall_timeout:
+                # it says it holds more but sends nothing: trust others with this feed first
+                peer.distrusted.add(feed)
+                if not self._choose_streamer(feed, now, exclude=handle):
+                    self.last_progress[feed] = now  # nobody else has it: keep waiting on this one
+
+    # ------------------------------------------------------------ actions
+
+    def next_message(self, handle: int) -> wire.Message | None:
+        """The next control message for this peer (want, have, stream), or None when there is none."""
+        peer = self.peers.get(handle)
+        if peer is None:
+            return None
+        desired = self._desired()
+        added = desired - peer.want_sent
+        dropped = peer.want_sent - desired
+        if added or dropped or (self.relay and not peer.all_sent):
+            chunk_add = sorted(added)[: wire.MAX_FEEDS_PER_WANT]
+            chunk_drop = sorted(dropped)[: wire.MAX_FEEDS_PER_WANT]
+            peer.want_sent.update(chunk_add)
+            peer.want_sent.difference_update(chunk_drop)
+            peer.all_sent = peer.all_sent or self.relay
+            return wire.Want({f: self.clock.get(f, 0) for f in chunk_add}, tuple(chunk_drop), self.relay)
+        if peer.stop_due:
+            stop = _take(peer.stop_due, wire.MAX_FEEDS_PER_WANT)
+            return wire.Stream({}, tuple(stop))
+        if peer.stream_due:
+            feeds = _take(peer.stream_due, wire.MAX_FEEDS_PER_WANT)
+            return wire.Stream({f: self.clock.get(f, 0) for f in feeds}, ())
+        while peer.notes_due:
+            feeds = _take(peer.notes_due, wire.MAX_FEEDS_PER_WANT)
+            notes = {f: self.clock[f] for f in feeds if self.clock.get(f, 0) > 0 and f not in self.blocked}
+            if notes:
+                return wire.Have(notes)
+        return None
+
+    def next_feed(self, handle: int) -> tuple[bytes, int] | None:
+        """A feed with entries to send this peer, and the seq after which to send: (author, since)."""
+        peer = self.peers.get(handle)
+        if peer is None:
+            return None
+        while peer.dirty:
+            feed = peer.dirty.pop()
+            since = peer.their_seq.get(feed, 0)
+            if feed in peer.streaming_to and feed not in self.blocked and self.clock.get(feed, 0) > since:
+                return feed, since
+        return None
+
+    def entries_sent(self, handle: int, feed: bytes, last_seq: int, count: int) -> None:
+        """Entries of `feed` up to `last_seq` went to the peer; more follow if we hold more."""
+        peer = self.peers.get(handle)
+        if peer is None:
+            return
+        peer.sent += count
+        peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), last_seq)
+        if feed in peer.streaming_to and self.clock.get(feed, 0) > peer.their_seq[feed]:
+            peer.dirty.add(feed)
+
+    def not_held(self, handle: int, feed: bytes) -> None:
+        """The store has nothing after what the peer holds (our clock ran ahead of a purge or a damage)."""
+        peer = self.peers.get(handle)
+        if peer is not None:
+            peer.dirty.discard(feed)
+
+    # ------------------------------------------------------------ status
+
+    def in_sync(self, handle: int) -> bool:
+        peer = self.peers.get(handle)
+        if peer is None:
+            return False
+        behind_them = any(seq > self.clock.get(f, 0) for f, seq in peer.their_seq.items() if self.wants(f))
+        behind_us = any(self.clock.get(f, 0) > peer.their_seq.get(f, 0) for f in peer.streaming_to)
+        return not behind_them and not behind_us
+
+    def progress(self) -> dict[bytes, tuple[int, int]]:
+        """Wanted feeds that a peer holds more of than we do: feed -> (held, best seen)."""
+        best: dict[bytes, int] = {}
+        for peer in self.peers.values():
+            for feed, seq in peer.their_seq.items():
+                if seq > best.get(feed, 0) and self.wants(feed):
+                    best[feed] = seq
+        return {f: (self.clock.get(f, 0), s) for f, s in best.items() if s > self.clock.get(f, 0)}
+
+
+def _take(items: set[bytes], limit: int) -> list[bytes]:
+    taken = []
+    while items and len(taken) < limit:
+        taken.append(items.pop())
+    return taken
