@@ -1,7 +1,8 @@
 # A full disk is a state, not a crash: a node whose home sits on a small tmpfs that fills up stops storing
 # (once in its log, and in `status`), stays up, connected and serving, and resumes by itself when space
-# returns; the CLI names the cause; a node SIGKILLed while the disk is full leaves a store that checks clean
-# and completes its sync after a restart; --min-free stops storing before SQLite hits the wall.
+# returns; it serves what it holds meanwhile; the CLI names the cause; a node SIGKILLed while the disk is full
+# leaves a store that checks clean and completes its sync after a restart; --min-free stops storing before
+# SQLite hits the wall.
 # Needs root to mount a tmpfs: skipped on a plain machine with the reason, a failure under CI=true.
 from __future__ import annotations
 
@@ -142,6 +143,16 @@ def test_full_disk_is_a_state_not_a_crash(tmp_path: Path, small_disk: Path) -> N
         assert held(home, source_id) == 5000
         text = run_cli(home, "status").stdout
         assert "disk full:" in text and "not storing" in text, text
+        # and it still serves what it holds: a fresh node gets the whole feed from it
+        fresh = tmp_path / "fresh"
+        init_home(fresh)
+        assert run_cli(fresh, "follow", source_id).returncode == 0
+        reader = NodeProcess(fresh, "--seed", node.address)
+        try:
+            wait_for(lambda: held(fresh, source_id) >= 5000, WAIT_S, "a fresh node to sync from the full node")
+        finally:
+            assert reader.stop() == 0
+        assert node.proc.poll() is None and status(home)["storing"] is False
         assert node.stop() == 0
     finally:
         if node.proc.poll() is None:
