@@ -320,7 +320,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         running = runtime_info(node.home)
         data["running"] = bool(running)
         if running:
-            data.update({k: running[k] for k in ("address", "storing", "disk_full", "peers") if k in running})
+            data.update({k: running[k] for k in ("address", "storing", "disk_full", "peers", "syncing")
+                         if k in running})
     if as_json:
         emit(data)
         return
@@ -332,6 +333,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
         elif key == "disk_full":
             if value:
                 click.echo(f"disk full: {value}; not storing what peers send until there is space again")
+        elif key == "syncing":
+            for feed in value:
+                click.echo(f"syncing {feed.get('id')}: {feed.get('held', 0):,} of {feed.get('seen', 0):,}")
         elif key == "forked":
             click.echo(f"forked: {', '.join(value) if value else 'none'}")
         else:

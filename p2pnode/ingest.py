@@ -40,6 +40,7 @@ class Ingest:
         """Store a verified batch from a peer. `error`: the batch's first invalid entry, which ends the session
         with its reason once the verified entries before it are stored."""
         node = self.node
+        node.stats.entries_in += len(entries)
         remaining = entries
         while remaining:
             if not node.disk.may_store():  # a full disk: dropped (p2pnode/diskspace.py says how they come back)
@@ -53,6 +54,7 @@ class Ingest:
                 node.disk.drop(session, len(remaining))
                 break
             processed = len(result.stored) + result.duplicates
+            node.stats.duplicates_in += result.duplicates
             held = remaining[:processed]
             node.replicator.on_entries(session.handle, _last_seqs(held), trio.current_time())
             session.received_entries += len(result.stored)
@@ -79,6 +81,8 @@ class Ingest:
         node = self.node
         if result.purged_feeds:
             node.replicator.on_purged(result.purged_feeds)
+        if result.stored and node.observer is not None:
+            node.observer(result.stored, source.key if source else None)
         if result.stored:
             node.replicator.on_stored(_last_seqs(result.stored), source.handle if source else None,
                                       trio.current_time())

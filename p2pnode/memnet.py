@@ -14,12 +14,23 @@ Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
 
 class MemoryNetwork:
-    """A switchboard: each host gets a MemoryInterface; dialling a (host, port) starts that listener's handler."""
+    """A switchboard: each host gets a MemoryInterface; dialling a (host, port) starts that listener's handler.
+    `bandwidth` (bytes/s each way) makes every link that slow; `buffered=False` gives links no buffer at all
+    (a send waits until the other side reads), the harshest model of a slow link with full buffers."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, bandwidth: float | None = None, buffered: bool = True) -> None:
         self.listeners: dict[tuple[str, int], tuple[Handler, trio.Nursery]] = {}
         self._ports = itertools.count(10_000)
         self.down: set[str] = set()  # hosts that are unreachable (simulated partition or churn)
+        self.bandwidth = bandwidth
+        self.buffered = buffered
+
+    def pair(self) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        ours, theirs = (trio.testing.memory_stream_pair() if self.buffered
+                        else trio.testing.lockstep_stream_pair())
+        if self.bandwidth is not None:
+            return Throttled(ours, self.bandwidth), Throttled(theirs, self.bandwidth)
+        return ours, theirs
 
     def interface(self, host: str) -> MemoryInterface:
         return MemoryInterface(self, host)
@@ -49,6 +60,28 @@ class MemoryInterface:
         if entry is None or host in self.network.down or self.host in self.network.down:
             raise OSError(errno.ECONNREFUSED, f"connection to {host}:{port} refused")
         handler, nursery = entry
-        ours, theirs = trio.testing.memory_stream_pair()
+        ours, theirs = self.network.pair()
         nursery.start_soon(handler, theirs)
         return ours
+
+
+class Throttled(trio.abc.Stream):
+    """A stream whose sends take as long as `bandwidth` bytes/s allows (on the trio clock, so simulations
+    under a virtual clock see a slow link without waiting for it)."""
+
+    def __init__(self, inner: trio.abc.Stream, bandwidth: float) -> None:
+        self.inner = inner
+        self.bandwidth = bandwidth
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(len(data) / self.bandwidth)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

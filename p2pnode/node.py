@@ -43,6 +43,18 @@ DEFAULT_PORT = 8765
 
 
 @dataclass
+class Stats:
+    """Counters of what crossed this node's connections, for status and the simulator (bench/sim.py)."""
+
+    messages_out: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    bytes_in: int = 0
+    entries_in: int = 0  # entries received from peers that passed the want filter, duplicates included
+    duplicates_in: int = 0
+
+
+@dataclass
 class NodeConfig:
     """Tunables; the defaults are the ones spec/peers.md and spec/replication.md name."""
 
@@ -109,6 +121,10 @@ class Node:
         self.blocked: set[bytes] = set()
         self.forked: set[bytes] = set()  # feeds with two signed histories: no longer fetched (spec/log.md)
         self.changed = trio.Event()  # set whenever peers or sync state change: status writers wait on it
+        self.stats = Stats()
+        # called with (entries, source key or None) after every store write that added entries: simulations
+        # use it to trace how entries travel
+        self.observer: Callable[[list[Entry], bytes | None], None] | None = None
         self.nursery: trio.Nursery | None = None
         self._interest_due = trio.Event()
         self._last_row_id = 0

@@ -149,8 +149,11 @@ class Session:
     async def _send(self, message: wire.Message) -> None:
         timeout = self.node.config.send_timeout
         try:
+            data = wire.encode(message)
             with trio.fail_after(timeout):
-                await self.conn.send(wire.encode(message))
+                await self.conn.send(data)
+            self.node.stats.messages_out += 1
+            self.node.stats.bytes_out += len(data)
         except TransportError as exc:
             raise PeerGone(Reason.CLOSED, f"send failed: {exc.reason}", by_peer=True) from None
         except trio.TooSlowError:
@@ -236,6 +239,8 @@ class Session:
                 if kind in (Reason.TOO_LARGE, Reason.INVALID):  # the peer broke the rules: say so
                     raise PeerGone(kind, exc.reason.split(":", 1)[-1].strip()) from None
                 raise PeerGone(Reason.CLOSED, exc.reason, by_peer=True) from None
+            node.stats.messages_in += 1
+            node.stats.bytes_in += len(data)
             message = wire.decode(data)
             if first and not isinstance(message, (wire.Hello, wire.Close)):
                 raise wire.WireError("the first message must be hello")

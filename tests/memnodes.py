@@ -1,5 +1,6 @@
 # In-process nodes for tests: a set of Nodes on one MemoryNetwork (memory streams, real SQLite files, the
-# real handshake), a bounded wait on a condition under the virtual clock, and a chain of signed posts.
+# real handshake), a peer driven by hand (RawPeer), a bounded wait on a condition under the virtual clock, and
+# a chain of signed posts.
 from __future__ import annotations
 
 import random
@@ -7,26 +8,98 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import nacl.signing
 import trio
 
+from p2pnode.connection import Connection, TransportError, client_handshake
 from p2pnode.memnet import MemoryInterface, MemoryNetwork
 from p2pnode.node import Network, Node, NodeConfig
 from p2pnode.store import Store
+from protocol import wire
 from protocol.ids import Address
 from protocol.log import Entry, create_entry
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
+RAW_HOST = "10.9.9.9"
+FAR = 1e9  # an idle timeout that never fires on the raw peers' side
+
+
+def raw_key(number: int) -> nacl.signing.SigningKey:
+    """Keys for raw peers and authors; Net's nodes use bytes([index + 1]) * 32, which these never equal."""
+    return nacl.signing.SigningKey(b"\xee" + number.to_bytes(31, "big"))
+
+
+class RawPeer:
+    """A peer driven by hand: the real handshake, then whatever a test sends (raw msgpack allowed)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.received: list[wire.Message] = []
+
+    @classmethod
+    async def over(cls, stream: trio.abc.Stream, node: Node, key: nacl.signing.SigningKey) -> RawPeer:
+        assert node.address is not None
+        return cls(await client_handshake(stream, key, node.address.key, idle_timeout=FAR))
+
+    @classmethod
+    async def connect(cls, net: Net, node: Node, key: nacl.signing.SigningKey) -> RawPeer:
+        assert node.address is not None
+        stream = await net.network.interface(RAW_HOST).dial(node.address.host, node.address.port)
+        return await cls.over(stream, node, key)
+
+    async def send(self, message: wire.Message) -> None:
+        await self.conn.send(wire.encode(message))
+
+    async def send_raw(self, obj: Any) -> None:
+        await self.conn.send(msgpack.packb(obj, use_bin_type=True))
+
+    async def hello(self, address: str | None = None) -> None:
+        await self.send(wire.Hello(wire.PROTOCOL_VERSION, (), address, False))
+
+    async def receive(self) -> wire.Message:
+        """The next message, strictly decoded as the node's peers decode it."""
+        message = wire.decode(await self.conn.receive())
+        self.received.append(message)
+        return message
+
+    async def ping(self, nonce: int) -> None:
+        """Send a ping and wait for its pong; fail if the node closes instead."""
+        await self.send(wire.Ping(nonce))
+        with trio.fail_after(30):
+            while True:
+                message = await self.receive()
+                assert not isinstance(message, wire.Close), f"closed instead of a pong: {message.reason}"
+                if isinstance(message, wire.Pong) and message.nonce == nonce:
+                    return
+
+    async def close_reason(self, timeout: float = 60.0) -> str | None:
+        """Read until the node closes: its `close` reason, or None when it hung up without one."""
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    message = await self.receive()
+                except TransportError:
+                    return None
+                if isinstance(message, wire.Close):
+                    return message.reason
+
+
 
 class Net:
     """Nodes on one MemoryNetwork, each with its own SQLite file and key; `prepare` fills a store first."""
 
-    def __init__(self, tmp_path: Path, nursery: trio.Nursery) -> None:
+    def __init__(self, tmp_path: Path, nursery: trio.Nursery, network: MemoryNetwork | None = None) -> None:
         self.tmp_path = tmp_path
         self.nursery = nursery
-        self.network = MemoryNetwork()
+        self.network = network or MemoryNetwork()
         self.nodes: list[Node] = []
+        self.scopes: dict[Node, trio.CancelScope] = {}
+
+    def stop(self, node: Node) -> None:
+        """Take a node away at once, as a crash or a cut cable would (its peers see the streams end)."""
+        self.scopes[node].cancel()
 
     async def add(self, seeds: list[Address] | None = None, *,
                   prepare: Callable[[nacl.signing.SigningKey, Store], None] | None = None,
@@ -37,10 +110,16 @@ class Net:
         store = Store(self.tmp_path / f"node{index}.sqlite3", bytes(key.verify_key))
         if prepare is not None:
             prepare(key, store)
-        settings = NodeConfig(listen_host=host, listen_port=0, verify_workers=0, store_thread=False, **config)
+        config = {"verify_workers": 0, "store_thread": False, **config}
+        settings = NodeConfig(listen_host=host, listen_port=0, **config)
         interface = self.network.interface(host)
         node = Node(key, store, settings, wrap(interface) if wrap else interface, random.Random(index))
-        await self.nursery.start(node.run, seeds or [])
+        async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                self.scopes[node] = scope
+                await node.run(seeds or [], task_status=task_status)
+
+        await self.nursery.start(run)
         self.nodes.append(node)
         return node
 

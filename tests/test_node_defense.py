@@ -9,13 +9,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import nacl.signing
 import trio
 import trio.testing
-from memnodes import Net, chain, wait_until
+from memnodes import FAR, Net, RawPeer, chain, raw_key, wait_until
 
-from p2pnode.connection import Connection, TransportError, client_handshake, server_handshake
+from p2pnode.connection import TransportError, server_handshake
 from p2pnode.memnet import MemoryInterface
 from p2pnode.node import Node
 from p2pnode.store import Store
@@ -24,69 +23,7 @@ from protocol.ids import Address, feed_id
 from protocol.log import FORMAT_VERSION, Header, create_entry, sha256
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
-RAW_HOST = "10.9.9.9"
-FAR = 1e9  # an idle timeout that never fires on the raw peers' side
 BAD_HOSTS = ["a" * 64 + ".example", "a..b"]
-
-
-def raw_key(number: int) -> nacl.signing.SigningKey:
-    """Keys for raw peers and authors; Net's nodes use bytes([index + 1]) * 32, which these never equal."""
-    return nacl.signing.SigningKey(b"\xee" + number.to_bytes(31, "big"))
-
-
-class RawPeer:
-    """A peer driven by hand: the real handshake, then whatever a test sends (raw msgpack allowed)."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.received: list[wire.Message] = []
-
-    @classmethod
-    async def over(cls, stream: trio.abc.Stream, node: Node, key: nacl.signing.SigningKey) -> RawPeer:
-        assert node.address is not None
-        return cls(await client_handshake(stream, key, node.address.key, idle_timeout=FAR))
-
-    @classmethod
-    async def connect(cls, net: Net, node: Node, key: nacl.signing.SigningKey) -> RawPeer:
-        assert node.address is not None
-        stream = await net.network.interface(RAW_HOST).dial(node.address.host, node.address.port)
-        return await cls.over(stream, node, key)
-
-    async def send(self, message: wire.Message) -> None:
-        await self.conn.send(wire.encode(message))
-
-    async def send_raw(self, obj: Any) -> None:
-        await self.conn.send(msgpack.packb(obj, use_bin_type=True))
-
-    async def hello(self, address: str | None = None) -> None:
-        await self.send(wire.Hello(wire.PROTOCOL_VERSION, (), address, False))
-
-    async def receive(self) -> wire.Message:
-        """The next message, strictly decoded as the node's peers decode it."""
-        message = wire.decode(await self.conn.receive())
-        self.received.append(message)
-        return message
-
-    async def ping(self, nonce: int) -> None:
-        """Send a ping and wait for its pong; fail if the node closes instead."""
-        await self.send(wire.Ping(nonce))
-        with trio.fail_after(30):
-            while True:
-                message = await self.receive()
-                assert not isinstance(message, wire.Close), f"closed instead of a pong: {message.reason}"
-                if isinstance(message, wire.Pong) and message.nonce == nonce:
-                    return
-
-    async def close_reason(self, timeout: float = 60.0) -> str | None:
-        """Read until the node closes: its `close` reason, or None when it hung up without one."""
-        with trio.fail_after(timeout):
-            while True:
-                try:
-                    message = await self.receive()
-                except TransportError:
-                    return None
-                if isinstance(message, wire.Close):
-                    return message.reason
 
 
 async def assert_serves(net: Net, node: Node, nonce: int) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import selectors
 import signal
@@ -367,3 +368,17 @@ def test_hops_limit_what_is_fetched(tmp_path: Path, start: Start) -> None:
         wait_for(lambda b_id=b_id: b_id in peer_ids(a_home), WAIT_S, f"A to list the --hops {hops} node")
     assert holds(homes["1"], d_id) == 0
     assert holds(homes["0"], a_id) == 0 and holds(homes["0"], d_id) == 0
+
+
+def test_leftover_node_json_with_a_live_pid_does_not_stop_run(tmp_path: Path, start: Start) -> None:
+    """After a SIGKILL in a container the next process may get the same pid: whether a node runs is told by
+    run.lock alone, so a node.json naming a live process (this test's own) neither blocks `run` nor shows a
+    node as running."""
+    home = tmp_path / "n"
+    init_home(home)
+    (home / RUNTIME_FILE).write_text(json.dumps({"pid": os.getpid(), "address": "127.0.0.1:1/@x", "peers": []}))
+    assert cli_json(home, "status")["running"] is False
+    node = start(home, "--listen", "127.0.0.1:0")
+    assert cli_json(home, "status")["running"] is True
+    assert node.stop() == 0
+    assert cli_json(home, "status")["running"] is False

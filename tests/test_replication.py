@@ -1,0 +1,252 @@
+# The replication state machine (protocol/replication.py) without any network or clock: events in, actions
+# out, as spec/replication.md states them: one streaming peer per feed, notes, moving a stream when its peer
+# lags, stalls or goes, nothing sent twice on one connection, limits.
+from __future__ import annotations
+
+import pytest
+
+from protocol import wire
+from protocol.errors import Reason, RemoteProtocolError
+from protocol.replication import Replicator
+
+F = bytes([1]) * 32  # a feed
+G = bytes([2]) * 32
+KEY_A, KEY_B, KEY_C = bytes([10]) * 32, bytes([11]) * 32, bytes([12]) * 32
+
+
+def drain(r: Replicator, handle: int) -> list[wire.Message]:
+    out = []
+    while (message := r.next_message(handle)) is not None:
+        out.append(message)
+    return out
+
+
+def streams(messages: list[wire.Message]) -> dict[bytes, int]:
+    found: dict[bytes, int] = {}
+    for m in messages:
+        if isinstance(m, wire.Stream):
+            found.update(m.feeds)
+    return found
+
+
+def stops(messages: list[wire.Message]) -> set[bytes]:
+    return {f for m in messages if isinstance(m, wire.Stream) for f in m.stop}
+
+
+def node_wanting(*feeds: bytes, held: dict[bytes, int] | None = None) -> Replicator:
+    r = Replicator()
+    r.on_stored(held or {}, None, 0.0)
+    r.set_interest(set(feeds), set(), set(), 0.0)
+    return r
+
+
+def test_first_messages_are_a_want_with_the_seqs_held() -> None:
+    r = node_wanting(F, G, held={F: 4})
+    r.add_peer(1, KEY_A)
+    messages = drain(r, 1)
+    assert messages == [wire.Want({F: 4, G: 0}, (), False)]
+    assert drain(r, 1) == []  # nothing twice
+
+
+def test_only_one_peer_is_asked_to_stream_a_feed() -> None:
+    r = node_wanting(F)
+    for handle, key in ((1, KEY_A), (2, KEY_B), (3, KEY_C)):
+        r.add_peer(handle, key)
+        drain(r, handle)
+    r.on_have(1, wire.Have({F: 10}), 0.0)
+    r.on_have(2, wire.Have({F: 10}), 0.0)
+    r.on_want(3, wire.Want({F: 10}, (), False), 0.0)
+    asked = {h: streams(drain(r, h)) for h in (1, 2, 3)}
+    assert asked == {1: {F: 0}, 2: {}, 3: {}}
+
+
+def test_a_peer_holding_no_more_than_us_is_not_asked() -> None:
+    r = node_wanting(F, held={F: 10})
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    r.on_have(1, wire.Have({F: 10}), 0.0)
+    assert streams(drain(r, 1)) == {}
+    r.on_have(1, wire.Have({F: 11}), 1.0)  # a note of a new entry: now it is asked, from what we hold
+    assert streams(drain(r, 1)) == {F: 10}
+
+
+def test_stream_moves_after_the_switch_delay_when_another_peer_is_ahead() -> None:
+    r = node_wanting(F)
+    r.add_peer(1, KEY_A)
+    r.add_peer(2, KEY_B)
+    drain(r, 1), drain(r, 2)
+    r.on_have(1, wire.Have({F: 5}), 0.0)
+    assert streams(drain(r, 1)) == {F: 0}
+    r.on_entries(1, {F: 5}, 0.5)
+    r.on_stored({F: 5}, 1, 0.5)
+    r.on_have(2, wire.Have({F: 9}), 1.0)  # B has more; A may have it in flight
+    r.tick(1.5)
+    assert drain(r, 2) == [] and r.streamer[F] == 1
+    r.tick(2.0)  # A still has not delivered 6..9 a second later
+    assert streams(drain(r, 2)) == {F: 5}
+    assert stops(drain(r, 1)) == {F}
+    assert r.streamer[F] == 2
+
+
+def test_entry_from_the_streaming_peer_in_time_keeps_the_stream() -> None:
+    r = node_wanting(F)
+    r.add_peer(1, KEY_A)
+    r.add_peer(2, KEY_B)
+    drain(r, 1), drain(r, 2)
+    r.on_have(1, wire.Have({F: 5}), 0.0)
+    r.on_entries(1, {F: 5}, 0.1)
+    r.on_stored({F: 5}, 1, 0.1)
+    r.on_have(2, wire.Have({F: 6}), 1.0)
+    r.on_entries(1, {F: 6}, 1.2)
+    r.on_stored({F: 6}, 1, 1.2)
+    r.tick(5.0)
+    assert r.streamer[F] == 1
+    assert streams(drain(r, 2)) == {} and stops(drain(r, 1)) == set()
+
+
+def test_streaming_peer_that_goes_is_replaced_by_the_one_holding_most() -> None:
+    r = node_wanting(F)
+    for handle, key in ((1, KEY_A), (2, KEY_B), (3, KEY_C)):
+        r.add_peer(handle, key)
+        drain(r, handle)
+    r.on_have(1, wire.Have({F: 100}), 0.0)
+    r.on_have(2, wire.Have({F: 40}), 0.0)
+    r.on_have(3, wire.Have({F: 90}), 0.0)
+    assert streams(drain(r, 1)) == {F: 0}
+    r.on_entries(1, {F: 30}, 1.0)
+    r.on_stored({F: 30}, 1, 1.0)
+    r.remove_peer(1, 2.0)
+    assert streams(drain(r, 3)) == {F: 30}  # from what we hold: no gap, nothing again
+    assert streams(drain(r, 2)) == {}
+
+
+def test_streaming_peer_that_lies_about_its_seq_is_replaced_and_distrusted() -> None:
+    r = node_wanting(F)
+    r.add_peer(1, KEY_A)
+    r.add_peer(2, KEY_B)
+    drain(r, 1), drain(r, 2)
+    r.on_have(1, wire.Have({F: 1_000}), 0.0)  # a lie: it will send nothing
+    r.on_have(2, wire.Have({F: 50}), 0.0)
+    assert streams(drain(r, 1)) == {F: 0}
+    r.tick(r.stall_timeout - 0.1)
+    assert r.streamer[F] == 1
+    r.tick(r.stall_timeout + 0.1)
+    assert streams(drain(r, 2)) == {F: 0}
+    assert r.streamer[F] == 2
+    r.on_have(1, wire.Have({F: 2_000}), 6.0)  # louder lies do not win it back
+    r.tick(20.0)
+    assert r.streamer[F] == 2
+
+
+def test_streaming_peer_behind_us_is_replaced_at_once() -> None:
+    r = node_wanting(F)
+    r.add_peer(1, KEY_A)
+    r.add_peer(2, KEY_B)
+    drain(r, 1), drain(r, 2)
+    r.on_have(1, wire.Have({F: 3}), 0.0)
+    drain(r, 1)
+    r.on_stored({F: 8}, None, 0.5)  # we got more elsewhere (another process wrote it)
+    r.on_have(2, wire.Have({F: 9}), 0.6)
+    assert streams(drain(r, 2)) == {F: 8}
+
+
+def test_serving_sends_only_streamed_feeds_and_never_twice() -> None:
+    r = Replicator()
+    r.on_stored({F: 50, G: 7}, None, 0.0)
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    r.on_want(1, wire.Want({F: 0, G: 0}, (), False), 0.0)
+    assert [m for m in drain(r, 1) if isinstance(m, wire.Have)] == [wire.Have({F: 50, G: 7})]
+    assert r.next_feed(1) is None  # a want asks for notes, not entries
+    r.on_stream(1, wire.Stream({F: 0}, ()))
+    assert r.next_feed(1) == (F, 0)
+    r.entries_sent(1, F, 50, 50)
+    assert r.next_feed(1) is None
+    r.on_stream(1, wire.Stream({F: 0}, ()))  # the same request again: nothing is sent again
+    assert r.next_feed(1) is None
+    r.on_stored({F: 51}, None, 1.0)  # live: the new entry only
+    assert r.next_feed(1) == (F, 50)
+
+
+def test_new_entries_are_noted_to_peers_that_want_them_from_someone_else() -> None:
+    r = Replicator()
+    r.on_stored({F: 1}, None, 0.0)
+    r.add_peer(1, KEY_A)
+    r.add_peer(2, KEY_B)
+    r.on_want(1, wire.Want({F: 1}, (), False), 0.0)
+    r.on_want(2, wire.Want({F: 1}, (), False), 0.0)
+    r.on_stream(2, wire.Stream({F: 1}, ()))
+    drain(r, 1), drain(r, 2)
+    r.on_stored({F: 2}, None, 1.0)
+    assert drain(r, 1) == [wire.Have({F: 2})]
+    assert drain(r, 2) == [] and r.next_feed(2) == (F, 1)
+
+
+def test_entries_from_a_peer_are_not_noted_back_to_it() -> None:
+    r = Replicator()
+    r.add_peer(1, KEY_A)
+    r.on_want(1, wire.Want({F: 0}, (), False), 0.0)
+    drain(r, 1)
+    r.on_stored({F: 3}, None, 1.0)  # written here (by the CLI, say): the peer wants F and lacks it
+    assert drain(r, 1) == [wire.Have({F: 3})]
+    r.on_entries(1, {F: 4}, 1.0)
+    r.on_stored({F: 4}, 1, 1.0)
+    assert drain(r, 1) == []  # it sent them: it holds them
+
+
+def test_interest_changes_become_want_differences() -> None:
+    r = node_wanting(F)
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    r.set_interest({G}, set(), set(), 1.0)
+    assert drain(r, 1) == [wire.Want({G: 0}, (F,), False)]
+
+
+def test_peer_connected_before_a_follow_gets_the_new_want() -> None:
+    r = node_wanting()
+    r.add_peer(1, KEY_A)  # connected, hello not yet seen: the want is computed when it is sent
+    r.set_interest({F}, set(), set(), 0.0)
+    assert drain(r, 1) == [wire.Want({F: 0}, (), False)]
+
+
+def test_blocked_feeds_are_never_served_noted_or_streamed() -> None:
+    r = Replicator()
+    r.on_stored({F: 5}, None, 0.0)
+    r.add_peer(1, KEY_A)
+    r.on_want(1, wire.Want({F: 0}, (), False), 0.0)
+    r.on_stream(1, wire.Stream({F: 0}, ()))
+    r.set_interest(set(), {F}, set(), 1.0)
+    r.on_purged([F])
+    assert r.next_feed(1) is None
+    assert [m for m in drain(r, 1) if isinstance(m, wire.Have)] == []
+    r.on_stream(1, wire.Stream({F: 0}, ()))
+    assert r.next_feed(1) is None
+
+
+def test_a_relay_says_all_and_notes_every_feed_to_a_relay() -> None:
+    relay = Replicator(relay=True)
+    relay.on_stored({F: 3, G: 4}, None, 0.0)
+    relay.add_peer(1, KEY_A)
+    assert drain(relay, 1)[0] == wire.Want({}, (), True)
+    relay.on_want(1, wire.Want({}, (), True), 0.0)
+    notes = [m for m in drain(relay, 1) if isinstance(m, wire.Have)]
+    assert {f: s for m in notes for f, s in m.feeds.items()} == {F: 3, G: 4}
+    relay.on_have(1, wire.Have({bytes([9]) * 32: 2}), 0.0)  # a relay streams any feed a peer holds
+    assert streams(drain(relay, 1)) == {bytes([9]) * 32: 0}
+
+
+def test_too_many_wants_are_rate_limited() -> None:
+    r = Replicator(max_peer_wants=3)
+    r.add_peer(1, KEY_A)
+    r.on_want(1, wire.Want({bytes([i]) * 32: 0 for i in range(3)}, (), False), 0.0)
+    with pytest.raises(RemoteProtocolError) as caught:
+        r.on_stream(1, wire.Stream({bytes([9]) * 32: 0}, ()))
+    assert caught.value.kind is Reason.RATE_LIMITED
+    assert caught.value.reason.startswith("rate-limited:")
+
+
+def test_notes_of_unwanted_feeds_are_not_kept() -> None:
+    r = node_wanting(F)
+    r.add_peer(1, KEY_A)
+    r.on_have(1, wire.Have({bytes([i]) * 32: 1 for i in range(100, 200)}), 0.0)
+    assert r.peers[1].their_seq == {}
