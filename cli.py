@@ -6,15 +6,19 @@ import json
 import logging
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
+from p2pnode import seeds as seedbook
+from p2pnode.config import ConfigFileError, merge_config
 from p2pnode.diskspace import DEFAULT_MIN_FREE, explain, parse_size
-from p2pnode.home import HomeError, default_home
+from p2pnode.home import ONION_KEY_FILE, HomeError, default_home, load_identity
 from p2pnode.local import (
     Local,
     UserError,
@@ -29,6 +33,8 @@ from p2pnode.local import (
     view,
 )
 from p2pnode.node import DEFAULT_PORT, NodeConfig
+from p2pnode.proxy import ProxySettingError, make_network
+from p2pnode.reach import describe_reachability
 from p2pnode.runner import ConfigError, collect_seeds, parse_listen, run_node, setup_logging
 from p2pnode.store import StoredEntry, StoreError
 from protocol.errors import InvalidId, ProtocolError
@@ -44,7 +50,7 @@ def user_errors() -> Iterator[None]:
     """Turn every error that is the user's or the input's into one clear line."""
     try:
         yield
-    except (HomeError, StoreError, UserError) as exc:
+    except (HomeError, StoreError, UserError, ConfigFileError, seedbook.SeedError, ProxySettingError) as exc:
         raise click.ClickException(str(exc)) from None
     except InvalidId as exc:
         raise click.ClickException(exc.message) from None
@@ -320,7 +326,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         running = runtime_info(node.home)
         data["running"] = bool(running)
         if running:
-            data.update({k: running[k] for k in ("address", "storing", "disk_full", "peers", "syncing")
+            data.update({k: running[k] for k in ("address", "addresses", "reachability", "port_mapping", "onion",
+                                                 "storing", "disk_full", "peers", "syncing", "dial_problems")
                          if k in running})
     if as_json:
         emit(data)
@@ -333,6 +340,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
         elif key == "disk_full":
             if value:
                 click.echo(f"disk full: {value}; not storing what peers send until there is space again")
+        elif key == "reachability":
+            click.echo(f"reachable: {describe_reachability(value, time.time())}")
+        elif key == "onion":
+            if value:
+                click.echo(f"onion service (Tor): {value.get('state')}: {value.get('detail')}")
+        elif key == "port_mapping":
+            click.echo(f"router port mapping (UPnP): {value.get('state')}: {value.get('detail')}")
+        elif key == "addresses":
+            click.echo(f"addresses: {' '.join(value)}")
+        elif key == "dial_problems":
+            for problem in value:
+                click.echo(f"cannot dial {problem.get('address')}: {problem.get('problem')}"
+                           + (" (given up until the next run)" if problem.get("given_up") else ""))
         elif key == "syncing":
             for feed in value:
                 click.echo(f"syncing {feed.get('id')}: {feed.get('held', 0):,} of {feed.get('seen', 0):,}")
@@ -346,37 +366,54 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", show_default=True, metavar="HOST:PORT",
               help="Where to accept peers; port 0 picks a free one.")
 @click.option("--advertise", default=None, metavar="HOST",
-              help="The host others dial (default: the listen host; 127.0.0.1 when listening on all interfaces).")
+              help="The host others dial (default: the listen host; on all interfaces, the router's UPnP "
+                   "mapping, else the public IP two peers agree on, else this machine's address).")
 @click.option("--seed", "seed_options", multiple=True, metavar="ADDRESS", help="A peer to start from (repeatable).")
 @click.option("--seeds", "seeds_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A file of seed addresses, one per line (default: <home>/seeds).")
 @click.option("--hops", type=click.IntRange(0, 6), default=2, show_default=True,
               help="Also replicate feeds followed by followed feeds, up to this many hops.")
 @click.option("--relay", is_flag=True, help="Replicate every feed peers offer (for seed and relay nodes).")
+@click.option("--keep-distant", type=click.IntRange(0, 10**9), default=0, metavar="N",
+              help="Keep only the latest N entries of feeds at hop 2 and beyond, to save disk (0: whole feeds).")
+@click.option("--proxy", default=None, metavar="socks5://HOST:PORT",
+              help="Open every outbound connection through this SOCKS5 proxy (e.g. Tor's); needed for .onion.")
+@click.option("--tor-control", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+              help="Publish this node as a Tor onion service through Tor's control port on 127.0.0.1.")
+@click.option("--no-upnp", is_flag=True, help="Do not ask the home router to forward the port (UPnP).")
+@click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
 @click.option("--min-free", default=f"{DEFAULT_MIN_FREE >> 20}M", show_default=True, metavar="SIZE",
               help="Stop storing what peers send while the disk holding the home has less free (e.g. 300M, 1G, 0).")
 @click.pass_context
-def run(ctx: click.Context, listen: str, advertise: str | None, seed_options: tuple[str, ...],
-        seeds_file: Path | None, hops: int, relay: bool, log_level: str, min_free: str) -> None:
-    """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS'."""
+def run(ctx: click.Context, **params: Any) -> None:
+    """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS'.
+    Settings not given as flags come from <home>/config.toml when it has them."""
     home = ctx.obj["home"]
-    setup_logging(log_level)
+    given = {name for name in params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    with user_errors():
+        settings = merge_config(home, params, given)
+    setup_logging(settings["log_level"])
     with user_errors():
         try:
-            host, port = parse_listen(listen)
-            seeds = collect_seeds(home, list(seed_options), seeds_file, lambda line: click.echo(line, err=True))
+            host, port = parse_listen(settings["listen"])
+            seeds = collect_seeds(home, list(settings["seed_options"]), settings["seeds_file"],
+                                  lambda line: click.echo(line, err=True))
         except ConfigError as exc:
             raise UserError(str(exc)) from None
         if runtime_info(home):
             raise UserError(f"a node is already running on {home}")
         try:
-            floor = parse_size(min_free)
+            floor = parse_size(settings["min_free"])
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        config = NodeConfig(listen_host=host, listen_port=port, advertise_host=advertise, hops=hops, relay=relay,
-                            min_free=floor)
+        config = NodeConfig(listen_host=host, listen_port=port, advertise_host=settings["advertise"],
+                            hops=settings["hops"], relay=settings["relay"], lan_discovery=not settings["no_lan"],
+                            proxy=settings["proxy"], upnp=not settings["no_upnp"],
+                            tor_control=settings["tor_control"], onion_key_file=str(home / ONION_KEY_FILE),
+                            keep_distant=settings["keep_distant"], min_free=floor)
+        make_network(config.proxy)  # a bad --proxy is a one-line error before anything starts
         try:
             run_node(home, config, seeds)
         except ConfigError as exc:
@@ -413,6 +450,75 @@ def peers(ctx: click.Context, as_json: bool) -> None:
                 emit(item)
             else:
                 click.echo(f"{item['address'] or ident}  connected  inbound")
+
+
+@main.group(invoke_without_command=True)
+@JSON_OPTION
+@click.pass_context
+def seeds(ctx: click.Context, as_json: bool) -> None:
+    """List the seeds (the seeds file's and those given to run or join) and how dialling each went."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with local(ctx) as node:
+        items = seedbook.seed_list(node.home, node.store.peer_book(), runtime_info(node.home))
+    for item in items:
+        if as_json:
+            emit(item)
+            continue
+        state = "connected" if item["connected"] else "not connected"
+        where = "" if item["in_seeds_file"] else "  (not in the seeds file)"
+        problem = f"  {item['problem']}" if item.get("problem") else ""
+        click.echo(f"{item['address']}  {state}{where}{problem}")
+
+
+@seeds.command("add")
+@click.argument("address")
+@click.pass_context
+def seeds_add(ctx: click.Context, address: str) -> None:
+    """Add ADDRESS (HOST:PORT/@ID) to the seeds; a running node dials it at once."""
+    with local(ctx) as node:
+        added = seedbook.add(node.home, node.store, address)
+    click.echo(f"added {address}" if added else f"{address} is already a seed")
+
+
+@seeds.command("remove")
+@click.argument("address")
+@click.pass_context
+def seeds_remove(ctx: click.Context, address: str) -> None:
+    """Remove ADDRESS from the seeds file and the peer book."""
+    with local(ctx) as node:
+        seedbook.remove(node.home, node.store, address)
+    click.echo(f"removed {address}")
+
+
+@main.command()
+@JSON_OPTION
+@click.pass_context
+def invite(ctx: click.Context, as_json: bool) -> None:
+    """Print one line a friend pastes into 'p2pnode join': this node's key and the addresses that reach it."""
+    home = ctx.obj["home"]
+    with user_errors():
+        line = seedbook.invite_line(load_identity(home).verify_key.encode(), runtime_info(home), home)
+    if as_json:
+        emit({"invite": line})
+    else:
+        click.echo(line)
+
+
+@main.command()
+@click.argument("line")
+@JSON_OPTION
+@click.pass_context
+def join(ctx: click.Context, line: str, as_json: bool) -> None:
+    """Use a friend's invite LINE: its addresses become seeds, and you follow the friend."""
+    with local(ctx) as node:
+        key, added = seedbook.join(node.home, node.store, line)
+        followed = node.set_contact(key, "follow")
+    if as_json:
+        emit({"id": feed_id(key), "seeds_added": added, "followed": followed is not None})
+    else:
+        click.echo(f"added {added} seed{'s' if added != 1 else ''}; "
+                   f"{'now following' if followed else 'already following'} {feed_id(key)}")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def held(db: Path, author: bytes) -> tuple[int, int]:
+    """(entries held without a gap, head seq): a feed arrives newest first, so the head comes before the rest."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        row = con.execute("SELECT head_seq - low_seq + 1, head_seq FROM feeds WHERE author = ?", (author,)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+    except sqlite3.OperationalError:
+        return 0, 0
+    finally:
+        con.close()
+
+
 def count(db: Path, author: bytes) -> int:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
@@ -93,6 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--latency-posts", type=int, default=200)
+    parser.add_argument("--hypercore", type=Path, default=None, metavar="DIR",
+                        help="a folder with hypercore@11 installed and shared/anchors/hypercore-bench.mjs: run it "
+                             "right after ours, with the same entry count, and print the ratio")
     args = parser.parse_args()
     pause = threading.Event()
     with tempfile.TemporaryDirectory(prefix="p2pnode-sync-") as tmp:
@@ -122,11 +137,15 @@ def main() -> None:
             subprocess.Popen(["py-spy", "record", "-o", os.environ["SYNC_BENCH_PROFILE"], "-f", "raw", "-t",
                               "--pid", str(target.pid), "-d", "3"])
         target_db = target_home / STORE_FILE
-        while count(target_db, author) < args.entries:
+        newest_at = None
+        while (progress := held(target_db, author))[0] < args.entries:
+            if newest_at is None and progress[1] == args.entries:
+                newest_at = time.perf_counter() - t_start
             if target.poll() is not None or time.perf_counter() - t_start > 1800:
                 raise SystemExit("sync failed or took over 30 minutes")
-            pause.wait(0.05)
+            pause.wait(0.01 if newest_at is None else 0.05)
         elapsed = time.perf_counter() - t_start
+        newest_at = elapsed if newest_at is None else newest_at
         rate = args.entries / elapsed
         source_rss, target_rss = peak_rss_mb(source.pid), peak_rss_mb(target.pid)
         target_tree_rss = tree_peak_rss_mb(target.pid)
@@ -134,6 +153,8 @@ def main() -> None:
         target_tree_cpu = tree_cpu_seconds(target.pid)
         print(f"initial sync: {args.entries} entries in {elapsed:.2f} s = {rate:,.0f} entries/s "
               f"(includes the target's start-up and handshake)")
+        print(f"  the newest 50 entries were shown {newest_at:.2f} s after the target started "
+              f"(including its start-up and handshake; bound 1 s: ratio {newest_at:.2f})")
         print(f"  ratio to the 15,000/s target: {rate / TARGET_RATE:.2f}; to hypercore 11 (10,347/s): "
               f"{rate / HYPERCORE_RATE:.2f}; to ssb-db2+ebt (3,963/s): {rate / SSB_RATE:.2f}")
         print(f"  peak RSS: source node {source_rss:.1f} MB, target node {target_rss:.1f} MB "
@@ -159,7 +180,15 @@ def main() -> None:
         for proc in (target, source):
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
+        hypercore_rate = None
+        if args.hypercore is not None:
+            out = subprocess.run(["node", "hypercore-bench.mjs", str(args.entries)], cwd=args.hypercore,
+                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            hypercore_rate = json.loads(out)["entries_per_s_synced"]
+            print(f"hypercore 11, same machine, right after: {hypercore_rate:,.0f} entries/s; ours is "
+                  f"{rate / hypercore_rate:.2f} x (target 2 x)")
         print(json.dumps({"entries": args.entries, "sync_entries_per_s": round(rate), "sync_seconds": round(elapsed, 2),
+                          "newest_50_shown_s": round(newest_at, 2), "hypercore_entries_per_s": hypercore_rate,
                           "ratio_to_target": round(rate / TARGET_RATE, 2), "source_peak_rss_mb": round(source_rss, 1),
                           "target_peak_rss_mb": round(target_rss, 1),
                           "target_with_workers_peak_rss_mb": round(target_tree_rss, 1), "latency_p50_ms": round(p50, 1),

@@ -41,7 +41,12 @@ class TransportError(Exception):
 
 
 class HandshakeFailed(TransportError):
-    """The secret handshake did not complete (prefixes: invalid, timeout, closed, network)."""
+    """The secret handshake did not complete (prefixes: invalid, timeout, closed, network). `answered`: the
+    server had sent a valid reply to our first message (so it speaks the handshake on our network key)."""
+
+    def __init__(self, reason: str, answered: bool = False) -> None:
+        super().__init__(reason)
+        self.answered = answered
 
 
 class ConnectionClosed(TransportError):
@@ -214,6 +219,7 @@ async def _handshake(
 ) -> handshake.HandshakeResult:
     failure: HandshakeFailed | None = None
     cause: BaseException | None = None
+    answered = False  # a client got a valid server hello
     try:
         with trio.move_on_after(handshake_timeout) as scope:
             if first:
@@ -229,6 +235,7 @@ async def _handshake(
                     break
                 reply = machine.receive_data(data)
                 if reply:
+                    answered = True
                     await stream.send_all(reply)
         if scope.cancelled_caught:
             failure = HandshakeFailed(f"timeout: handshake did not finish within {handshake_timeout:g} s")
@@ -240,6 +247,7 @@ async def _handshake(
         await trio.aclose_forcefully(stream)
         raise
     if failure is not None:
+        failure.answered = answered
         await trio.aclose_forcefully(stream)
         raise failure from cause
     assert machine.result is not None

@@ -17,6 +17,7 @@ SECRET_FILE = "secret"
 STORE_FILE = "store.sqlite3"
 SEEDS_FILE = "seeds"
 RUNTIME_FILE = "node.json"
+ONION_KEY_FILE = "onion_key"
 LOCK_FILE = "run.lock"  # held (flock) by the one `run` of this home for as long as it lives
 
 

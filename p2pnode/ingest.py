@@ -47,7 +47,8 @@ class Ingest:
                 node.disk.drop(session, len(remaining))
                 break
             try:
-                result: IngestResult = await node.db.write(Store.ingest_verified, remaining)
+                starts = {f: set(s) for f, s in node.replicator.starts.items()}
+                result: IngestResult = await node.db.write(Store.ingest_verified, remaining, starts)
             except sqlite3.OperationalError as exc:
                 if not node.disk.failed(exc):
                     raise
@@ -81,6 +82,8 @@ class Ingest:
         node = self.node
         if result.purged_feeds:
             node.replicator.on_purged(result.purged_feeds)
+        if result.lows:
+            node.replicator.set_lows(result.lows)
         if result.stored and node.observer is not None:
             node.observer(result.stored, source.key if source else None)
         if result.stored:

@@ -23,12 +23,13 @@ from protocol.errors import Reason
 from protocol.handshake import DEFAULT_NETWORK_KEY
 from protocol.ids import Address, feed_id
 from protocol.log import Entry
-from protocol.replication import STALL_TIMEOUT, SWITCH_DELAY, Replicator
+from protocol.replication import NEWEST_FIRST, STALL_TIMEOUT, SWITCH_DELAY, Replicator
 
 from .diskspace import DEFAULT_MIN_FREE, DiskWatch
 from .ingest import Ingest
 from .network import Network, TcpNetwork
 from .peers import Peers
+from .reach import Reach
 from .repair import Repairer
 from .session import PeerGone, Session
 from .store import IngestResult, Store
@@ -90,9 +91,16 @@ class NodeConfig:
     max_probes: int = 8  # announced addresses checked at once
     min_good_session: float = 30.0  # a session shorter than this counts as a failed dial for backoff
     replication_tick: float = 0.25  # how often lagging and stalled streams are looked at
+    lan_discovery: bool = False  # publish and browse mDNS `_p2pnode._tcp` (p2pnode/lan.py); `run` turns it on
+    proxy: str | None = None  # socks5://HOST:PORT for every outbound connection (p2pnode/proxy.py); off LAN
+    upnp: bool = False  # ask the home router to forward our port (p2pnode/nat.py); `run` turns it on
+    tor_control: int | None = None  # publish an onion service through Tor's control port (p2pnode/onion.py)
+    onion_key_file: str | None = None  # where the onion service's key is kept (`run`: <home>/onion_key)
     switch_delay: float = SWITCH_DELAY
     stall_timeout: float = STALL_TIMEOUT
     min_free: int = DEFAULT_MIN_FREE  # below this much free disk space the node stores nothing peers send
+    newest_first: int = NEWEST_FIRST  # a new feed longer than this starts with its newest entries (0: oldest first)
+    keep_distant: int = 0  # > 0: keep feeds at hop 2 and beyond to their latest N entries
 
 
 class Node:
@@ -109,10 +117,12 @@ class Node:
         self.address: Address | None = None
         self.replicator = Replicator(relay=self.config.relay, switch_delay=self.config.switch_delay,
                                      stall_timeout=self.config.stall_timeout,
-                                     max_peer_wants=self.config.max_peer_wants)
+                                     max_peer_wants=self.config.max_peer_wants,
+                                     newest_first=self.config.newest_first, keep_distant=self.config.keep_distant)
         self.db = StoreRunner(store, threaded=False)
         self.peers = Peers(self)
         self.ingest = Ingest(self)
+        self.reach = Reach(self)  # own address, reachability, LAN discovery, UPnP, onion service
         self.verifier = Verifier(0)
         self.repair = Repairer(self)  # payloads damaged or missing: fetched again (p2pnode/repair.py)
         self.disk = DiskWatch(store.path.parent, self.config.min_free, store)  # a full disk (p2pnode/diskspace.py)
@@ -143,8 +153,9 @@ class Node:
     async def run(self, seeds: list[Address] | None = None, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.db = StoreRunner(self.store, threaded=self.config.store_thread)
         try:
-            await self._refresh_interest()
             self.replicator.on_stored(await self.db.read(Store.clock), None, trio.current_time())
+            self.replicator.low = await self.db.read(Store.lows)
+            await self._refresh_interest()
             self._last_row_id = await self.db.write(Store.last_row_id)
             self._data_version = await self.db.write(Store.data_version)
             known = [(str(s), s.key) for s in seeds or [] if s.key != self.owner and s.key not in self.blocked]
@@ -161,7 +172,7 @@ class Node:
             self.nursery = nursery
             host, port = await nursery.start(self.network.serve, self.config.listen_host,
                                              self.config.listen_port, self.peers.accept)
-            self.address = Address(self._advertised_host(host), port, self.owner)
+            self.address = self.reach.start(nursery, host, port)
             nursery.start_soon(self._survive, self.peers.dial_loop)
             nursery.start_soon(self._survive, self._watch_store)
             nursery.start_soon(self._survive, self._interest_loop)
@@ -169,13 +180,6 @@ class Node:
             nursery.start_soon(self._survive, self.repair.run)
             nursery.start_soon(self.disk.run)
             task_status.started(self.address)
-
-    def _advertised_host(self, bound_host: str) -> str:
-        if self.config.advertise_host:
-            return self.config.advertise_host
-        if bound_host in ("0.0.0.0", "::", ""):
-            return "127.0.0.1"
-        return bound_host
 
     async def stop(self) -> None:
         """Say goodbye to every peer (close message, box-stream goodbye), then stop serving."""
@@ -247,21 +251,39 @@ class Node:
             await self._refresh_interest()
 
     async def _refresh_interest(self) -> None:
-        wanted, blocked, forked = await self.db.read(Store.interest, self.config.hops)
+        depth, blocked, forked = await self.db.read(Store.interest, self.config.hops)
+        wanted = set(depth)
         newly_blocked = blocked - self.blocked
         self.wanted, self.blocked, self.forked = wanted, blocked, forked
         if newly_blocked:
             self.replicator.on_purged(newly_blocked)  # the store purged them with the block
             self.peers.close_blocked(newly_blocked)
-        self.replicator.set_interest(wanted, blocked, forked, trio.current_time())
+        self.replicator.set_interest(wanted, blocked, forked, trio.current_time(), depth)
+        await self._keep_distant_short()
         self.wake_touched()
         self.notify()
 
+    async def _keep_distant_short(self) -> None:
+        """With --keep-distant N, cut feeds at hop 2 and beyond (and a relay's feeds nobody here follows) to
+        their latest N entries."""
+        keep = self.config.keep_distant
+        if not keep:
+            return
+        depth = self.replicator.depth
+        distant = [f for f, seq in self.replicator.clock.items()
+                   if depth.get(f, 2) >= 2 and seq - self.replicator.low.get(f, 1) + 1 > keep]
+        if distant:
+            self.replicator.set_lows(await self.db.write(Store.keep_latest, distant, keep))
+
     async def _tick_loop(self) -> None:
+        next_trim = trio.current_time() + 60.0
         while True:
             await trio.sleep(self.config.replication_tick)
             self.replicator.tick(trio.current_time())
             self.wake_touched()
+            if trio.current_time() >= next_trim:
+                next_trim = trio.current_time() + 60.0
+                await self._keep_distant_short()
 
     # ------------------------------------------------------------ status
 
@@ -274,10 +296,12 @@ class Node:
                 "id": feed_id(s.key),
                 "address": s.address or (s.hello.address if s.hello else None),
                 "direction": "outbound" if s.outbound else "inbound",
+                "remote_ip": s.remote_ip,
                 "in_sync": self.replicator.in_sync(s.handle),
                 "received": s.received_entries,
                 "sent": s.sent_entries,
             } for s in self.sessions.values() if s.closing is None],
             "syncing": [{"id": feed_id(feed), "held": held, "seen": seen}
                         for feed, (held, seen) in sorted(progress.items(), key=lambda i: i[1][0] - i[1][1])[:20]],
+            **self.reach.status(),
         }

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from protocol import wire
 from protocol.errors import ProtocolError, Reason
 from protocol.ids import Address, feed_id, parse_address
 
 from .connection import TransportError, client_handshake, server_handshake
+from .reach import probe_address, remote_ip
 from .render import log_text
+from .seeds import classify
 from .session import PeerGone, Session
 from .store import Store
 
@@ -100,7 +101,7 @@ class Peers:
             except TransportError as exc:
                 log.info("inbound handshake failed: %s", log_text(exc.reason))
                 return
-            await self.run_session(Session(self.node, conn, outbound=False))
+            await self.run_session(Session(self.node, conn, outbound=False, remote_ip=remote_ip(stream)))
         finally:
             self.inbound -= 1
 
@@ -133,7 +134,8 @@ class Peers:
         busy = set(self.sessions) | dialing_keys
         usable = [(address, key, source) for address, key, source in candidates
                   if key not in busy and key != node.owner and key not in node.blocked
-                  and address not in self.dialing and self.next_dial.get(address, 0) <= now]
+                  and address not in self.dialing and self.next_dial.get(address, 0) <= now
+                  and not node.reach.dial_problems.given_up(address)]
         node.rng.shuffle(usable)
         # fewest failures first keeps working addresses ahead of dead ones (the store ordered by that)
         order = {address: index for index, (address, _, _) in enumerate(candidates)}
@@ -180,13 +182,18 @@ class Peers:
                                               handshake_timeout=config.handshake_timeout,
                                               idle_timeout=config.idle_timeout)
             except (OSError, ValueError, ProtocolError, trio.TooSlowError, TransportError) as exc:
-                log.info("dial %s failed: %s", log_text(address), log_text(str(getattr(exc, "reason", None) or exc)))
+                record = node.reach.dial_problems.failed(address, classify(address, key, exc,
+                                                                           config.handshake_timeout))
+                log.log(logging.WARNING if record.given_up else logging.INFO, "dial %s failed: %s%s",
+                        log_text(address), log_text(record.failure.text),
+                        "; not dialled again by this run" if record.given_up else "")
                 await self._backoff(address, failed=True)
                 return
+            node.reach.dial_problems.connected(address)
             if await node.db.read(Store.peer_failures, address) > 0:
                 self._network_is_back()
             await node.db.write(Store.peer_connected, address)
-            session = Session(node, conn, outbound=True, address=address)
+            session = Session(node, conn, outbound=True, address=address, remote_ip=remote_ip(stream))
             started = trio.current_time()
             await self.run_session(session)
             # a session that was refused or broke off at once is a failure for the backoff, so that a peer
@@ -246,16 +253,13 @@ class Peers:
         node = self.node
         config = self.config
         try:
-            with trio.fail_after(config.handshake_timeout):
-                stream = await node.network.dial(address.host, address.port)
-                conn = await client_handshake(stream, node.key, address.key, network_key=config.network_key,
-                                              handshake_timeout=config.handshake_timeout)
-                await conn.send(wire.encode(wire.Close("probe: address verified")))
-                await conn.aclose()
-            await node.db.write(Store.peer_connected, str(address))
-        except (OSError, ValueError, trio.TooSlowError, TransportError) as exc:
-            log.info("address %s announced by its peer does not answer: %s", log_text(str(address)),
-                     log_text(str(getattr(exc, "reason", None) or exc)))
+            problem = await probe_address(node.network, node.key, address, config.network_key,
+                                          config.handshake_timeout, "probe: address verified")
+            if problem is None:
+                await node.db.write(Store.peer_connected, str(address))
+            else:
+                log.info("address %s announced by its peer does not answer: %s", log_text(str(address)),
+                         log_text(problem))
         finally:
             self.probing.discard(str(address))
 

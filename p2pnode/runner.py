@@ -22,6 +22,7 @@ from protocol.ids import Address, parse_address
 from .diskspace import is_disk_full
 from .home import LOCK_FILE, RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
 from .node import Node, NodeConfig
+from .proxy import make_network
 from .store import Store
 
 log = logging.getLogger("p2pnode.run")
@@ -123,7 +124,7 @@ def _first_os_error(group: BaseExceptionGroup) -> OSError | None:
 
 async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: NodeConfig,
                 seeds: list[Address]) -> None:
-    node = Node(key, store, config)
+    node = Node(key, store, config, network=make_network(config.proxy))
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(node.run, seeds)

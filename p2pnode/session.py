@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -57,8 +58,12 @@ class PeerGone(Exception):
 class Session:
     """One connection to a peer, from the handshake on. `handle` names it in the replication state."""
 
-    def __init__(self, node: Node, conn: Connection, *, outbound: bool, address: str | None = None) -> None:
+    def __init__(self, node: Node, conn: Connection, *, outbound: bool, address: str | None = None,
+                 remote_ip: str | None = None) -> None:
         self.node = node
+        self.remote_ip = remote_ip  # where a direct connection comes from: told to the peer in hello.observed
+        self.checks_answered: list[float] = []  # when this peer asked us to dial it back (p2pnode/reach.py)
+        self.outbox: deque[wire.Message] = deque()  # check/checked messages for the writer
         self.conn = conn
         self.outbound = outbound
         self.address = address
@@ -91,6 +96,12 @@ class Session:
 
     def poke(self) -> None:
         self.wake.set()
+
+    def queue(self, message: wire.Message) -> None:
+        """Have the writer send a reachability message (few per connection: p2pnode/reach.py bounds them)."""
+        if len(self.outbox) < 16:
+            self.outbox.append(message)
+            self.poke()
 
     def close(self, gone: PeerGone) -> None:
         """End the session; the first reason given is the one sent to the peer."""
@@ -166,12 +177,14 @@ class Session:
         if self.ping_due is not None:
             nonce, self.ping_due = self.ping_due, None
             return wire.Ping(nonce)
+        if self.outbox:
+            return self.outbox.popleft()
         return self.node.replicator.next_message(self.handle)
 
     async def _writer(self) -> None:
         node = self.node
         await self._send(wire.Hello(wire.PROTOCOL_VERSION, (), str(node.address) if node.address else None,
-                                    node.config.relay))
+                                    node.config.relay, self.remote_ip))
         while True:
             message = self._next_control()
             if message is not None:
@@ -184,6 +197,10 @@ class Session:
             job = node.replicator.next_feed(self.handle)
             if job is not None:
                 await self._send_entries(*job)
+                continue
+            past = node.replicator.next_backfill(self.handle)
+            if past is not None:  # the new first, the past behind it
+                await self._send_past(*past)
                 continue
             repair = await node.repair.next_message(self)  # fetches, and answers to the peer's (repair.py)
             if repair is not None:
@@ -206,16 +223,19 @@ class Session:
         if not rows:
             node.replicator.not_held(self.handle, author)
             return
-        batch: list[tuple[bytes, bytes, bytes | None]] = []
-        size = 0
-        for _, header, signature, payload in rows:
-            entry_size = len(header) + len(signature) + len(payload or b"") + 16
-            if batch and size + entry_size > MAX_BATCH_BYTES:
-                break
-            batch.append((header, signature, payload))
-            size += entry_size
+        batch = _within_batch_size(rows)
         await self._send(wire.Entries(tuple(batch)))
         node.replicator.entries_sent(self.handle, author, rows[len(batch) - 1][0], len(batch))
+
+    async def _send_past(self, author: bytes, before: int) -> None:
+        node = self.node
+        rows = await node.db.read(Store.raw_entries_before, author, before, node.config.batch_entries)
+        if author in node.blocked or not rows:
+            node.replicator.backfill_sent(self.handle, author, 1, 0)
+            return
+        batch = _within_batch_size(rows[::-1])[::-1]  # the entries nearest `before`, in increasing seq order
+        await self._send(wire.Entries(tuple(batch)))
+        node.replicator.backfill_sent(self.handle, author, rows[len(rows) - len(batch)][0], len(batch))
 
     async def _pinger(self) -> None:
         for nonce in itertools.count(1):
@@ -261,12 +281,15 @@ class Session:
             node.peers.register(self)
             if not self.outbound:
                 await node.peers.learn_address(message.address, self.key)
+            node.reach.hello_received(self, message)
         elif isinstance(message, wire.Want):
             node.replicator.on_want(self.handle, message, now)
         elif isinstance(message, wire.Have):
             node.replicator.on_have(self.handle, message, now)
         elif isinstance(message, wire.Stream):
             node.replicator.on_stream(self.handle, message)
+        elif isinstance(message, wire.Backfill):
+            node.replicator.on_backfill(self.handle, message)
         elif isinstance(message, wire.Entries):
             await self.to_verify.send(message)  # waits only for our own pipeline: backpressure on the peer
         elif isinstance(message, wire.Fetch):
@@ -278,6 +301,10 @@ class Session:
             self.poke()
         elif isinstance(message, wire.Close):
             raise PeerGone.peer_closed(message.reason)
+        elif isinstance(message, wire.Check):
+            node.reach.answer_check(self, message)
+        elif isinstance(message, wire.Checked):
+            node.reach.checked(self, message)
         # Pong and unknown message types need nothing
         node.wake_touched()
 
@@ -294,3 +321,16 @@ class Session:
         async for pending in self.from_verifier:
             entries, error = await pending.result()
             await self.node.ingest.store_from_peer(self, entries, error)
+
+
+def _within_batch_size(rows: list[tuple[int, bytes, bytes, bytes | None]]) -> list[tuple[bytes, bytes, bytes | None]]:
+    """The leading rows that fit in one `entries` message of MAX_BATCH_BYTES (at least one)."""
+    batch: list[tuple[bytes, bytes, bytes | None]] = []
+    size = 0
+    for _, header, signature, payload in rows:
+        entry_size = len(header) + len(signature) + len(payload or b"") + 16
+        if batch and size + entry_size > MAX_BATCH_BYTES:
+            break
+        batch.append((header, signature, payload))
+        size += entry_size
+    return batch

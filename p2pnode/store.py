@@ -102,6 +102,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE contacts ADD COLUMN block_seq INTEGER NOT NULL DEFAULT 0;
         UPDATE contacts SET block_seq = follow_seq;
     """),
+    # partial feeds (spec/replication.md, "Newest first, and partial feeds"): the entries held run from
+    # low_seq to head_seq without a gap; low_seq 1 is a whole feed
+    (4, """
+        ALTER TABLE feeds ADD COLUMN low_seq INTEGER NOT NULL DEFAULT 1;
+    """),
 ]
 
 BUSY_TIMEOUT_S = 30.0
@@ -121,6 +126,7 @@ class IngestResult:
     purged_feeds: list[bytes] = field(default_factory=list)
     retracted: list[bytes] = field(default_factory=list)
     forked: list[bytes] = field(default_factory=list)
+    lows: dict[bytes, int] = field(default_factory=dict)  # partial feeds started or filled: their new low_seq
 
 
 @dataclass(frozen=True)
@@ -221,18 +227,24 @@ class Store:
             self._ingest_locked(items, result)
         return result
 
-    def ingest_verified(self, entries: Iterable[Entry]) -> IngestResult:
+    def ingest_verified(self, entries: Iterable[Entry], starts: dict[bytes, set[int]] | None = None) -> IngestResult:
         """ingest() for entries already checked by verify_entry (steps 1-4 of spec/log.md, e.g. in a worker
-        thread); the store still checks each one's link to the feed head, forks and blocks."""
+        thread); the store still checks each one's link to the feed head, forks and blocks.
+
+        `starts`: feeds this node asked for newest first, and after which seqs; an empty feed may then begin
+        at one of those seqs + 1 (a partial feed). Entries below a partial feed's first held entry are stored
+        when they link backwards to it (spec/replication.md, "Newest first, and partial feeds")."""
         result = IngestResult()
         with self._write():
-            self._ingest_locked(entries, result)
+            self._ingest_locked(entries, result, starts or {})
         return result
 
     def _ingest_locked(self, items: Iterable[tuple[bytes, bytes, bytes | None] | Entry],
-                       result: IngestResult) -> None:
+                       result: IngestResult, starts: dict[bytes, set[int]] | None = None) -> None:
         heads: dict[bytes, FeedHead | None] = {}
         forked: dict[bytes, bool] = {}
+        lows: dict[bytes, int] = {}
+        older: dict[bytes, list[Entry]] = {}
         blocked = self.blocked()
         for item in items:
             try:
@@ -241,11 +253,15 @@ class Store:
                 if author in blocked:
                     raise Blocked(f"feed {_short(author)} is blocked")
                 if author not in heads:
-                    row = self.db.execute("SELECT head_seq, head_hash, forked FROM feeds WHERE author = ?",
+                    row = self.db.execute("SELECT head_seq, head_hash, forked, low_seq FROM feeds WHERE author = ?",
                                           (author,)).fetchone()
                     heads[author] = FeedHead(author, row[0], row[1]) if row else None
                     forked[author] = bool(row[2]) if row else False
+                    lows[author] = row[3] if row else 1
                 head = heads[author]
+                if head is not None and entry.seq < lows[author]:
+                    older.setdefault(author, []).append(entry)  # fills the past of a partial feed, below
+                    continue
                 if head is not None and entry.seq <= head.seq:
                     self._known_seq(entry, result)
                     continue
@@ -253,7 +269,10 @@ class Store:
                     raise ForkDetected(f"feed {_short(author)} is forked and accepts no more entries")
                 if head is not None and entry.seq == head.seq + 1 and entry.header.prev != head.hash:
                     self._fork_by_link(entry, head, result)
-                check_link(entry, head)
+                if head is None and entry.seq - 1 in (starts or {}).get(author, ()):
+                    lows[author] = result.lows[author] = entry.seq  # newest first: a partial feed begins
+                else:
+                    check_link(entry, head)
             except ProtocolError as exc:
                 result.error = exc
                 break
@@ -263,11 +282,40 @@ class Store:
                 blocked = self.blocked()
         for author, head in heads.items():
             if head is not None and author not in result.purged_feeds:
-                self.db.execute("INSERT INTO feeds(author, head_seq, head_hash) VALUES (?, ?, ?) "
+                self.db.execute("INSERT INTO feeds(author, head_seq, head_hash, low_seq) VALUES (?, ?, ?, ?) "
                                 "ON CONFLICT(author) DO UPDATE SET head_seq = excluded.head_seq, "
-                                "head_hash = excluded.head_hash", (author, head.seq, head.hash))
+                                "head_hash = excluded.head_hash", (author, head.seq, head.hash, lows[author]))
+        for author, entries in older.items():
+            if author not in result.purged_feeds and not forked[author]:
+                self._fill_past(author, entries, lows[author], result)
         for author in result.forked:
             self.db.execute("UPDATE feeds SET forked = 1 WHERE author = ?", (author,))
+
+    def _fill_past(self, author: bytes, entries: list[Entry], low: int, result: IngestResult) -> None:
+        """Store the entries just below a partial feed's first held entry, each linking to the one above it.
+        One that does not link, validly signed, is the author's fork; an entry further down waits its turn."""
+        header_above, signature_above = self.db.execute(
+            "SELECT header, signature FROM entries WHERE author = ? AND seq = ?", (author, low)).fetchone()
+        expected = decode_header(header_above).prev
+        for entry in sorted(entries, key=lambda e: e.seq, reverse=True):
+            if entry.seq >= low:
+                continue
+            if entry.seq != low - 1:
+                break
+            if entry.hash != expected:
+                self.db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (author, low, header_above, signature_above, entry.header_bytes, entry.signature,
+                                 _now_ms()))
+                result.forked.append(author)
+                result.error = result.error or ForkDetected(
+                    f"feed {_short(author)} signed seq {low} after another entry {entry.seq}")
+                break
+            self._insert(entry, result)
+            low = entry.seq
+            expected = entry.header.prev
+            header_above, signature_above = entry.header_bytes, entry.signature
+        self.db.execute("UPDATE feeds SET low_seq = ? WHERE author = ?", (low, author))
+        result.lows[author] = low
 
     def _known_seq(self, entry: Entry, result: IngestResult) -> None:
         row = self.db.execute("SELECT id, hash, payload, retracted, header, signature FROM entries "
@@ -399,11 +447,40 @@ class Store:
             self.payloads_damaged([(r.id, r.entry.header) for r in rows if r.damaged])
         return rows
 
+    def lows(self) -> dict[bytes, int]:
+        """Partial feeds -> the lowest seq held (the entries from it to the head have no gap)."""
+        return dict(self.db.execute("SELECT author, low_seq FROM feeds WHERE low_seq > 1"))
+
+    def raw_entries_before(self, author: bytes, seq: int, limit: int) -> list[tuple[int, bytes, bytes, bytes | None]]:
+        """Like raw_entries_after, for the `limit` entries just below `seq`, in increasing seq order."""
+        rows = self.db.execute("SELECT seq, header, signature, payload, id FROM entries WHERE author = ? AND seq < ? "
+                               "ORDER BY seq DESC LIMIT ?", (author, seq, limit)).fetchall()
+        return self._checked_rows(rows[::-1])
+
+    def keep_latest(self, feeds: Iterable[bytes], keep: int) -> dict[bytes, int]:
+        """Drop all but the latest `keep` entries of these feeds (partial feeds at hop 2 and beyond); their
+        new low seqs. Chunked per feed: each call is one short transaction per feed that has more."""
+        lows: dict[bytes, int] = {}
+        for author in feeds:
+            row = self.db.execute("SELECT head_seq, low_seq FROM feeds WHERE author = ?", (author,)).fetchone()
+            if row is None or row[0] - row[1] + 1 <= keep:
+                continue
+            low = row[0] - keep + 1
+            with self._write():
+                self.db.execute("DELETE FROM entries WHERE author = ? AND seq < ?", (author, low))
+                self.db.execute("UPDATE feeds SET low_seq = ? WHERE author = ?", (low, author))
+            lows[author] = low
+        return lows
+
     def raw_entries_after(self, author: bytes, seq: int, limit: int) -> list[tuple[int, bytes, bytes, bytes | None]]:
         """(seq, header, signature, payload) of one feed's entries with seq > `seq`, in order: what a node
         sends. A payload that does not match its header (damaged on disk) is sent as nil, never as it is."""
         rows = self.db.execute("SELECT seq, header, signature, payload, id FROM entries WHERE author = ? AND seq > ? "
                                "ORDER BY seq LIMIT ?", (author, seq, limit)).fetchall()
+        return self._checked_rows(rows)
+
+    def _checked_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[int, bytes, bytes, bytes | None]]:
+        """(seq, header, signature, payload) of rows read with their ids, a damaged payload replaced by nil."""
         result = []
         damaged = []
         for seq_, header, signature, payload, row_id in rows:
@@ -491,9 +568,20 @@ class Store:
             frontier = next_frontier
         return wanted - blocked - (set(self.forked_feeds()) - {self.owner})
 
-    def interest(self, hops: int) -> tuple[set[bytes], set[bytes], set[bytes]]:
-        """(wanted feeds, blocked feeds, forked feeds other than the owner's): what a node replicates."""
-        return self.wanted_feeds(hops), self.blocked(), set(self.forked_feeds()) - {self.owner}
+    def interest(self, hops: int) -> tuple[dict[bytes, int], set[bytes], set[bytes]]:
+        """(wanted feeds -> their hops from the owner, blocked feeds, forked feeds other than the owner's):
+        what a node replicates."""
+        blocked = self.blocked()
+        forked = set(self.forked_feeds()) - {self.owner}
+        depth = {self.owner: 0}
+        frontier = {self.owner}
+        for hop in range(1, hops + 1):
+            next_frontier: set[bytes] = set()
+            for author in frontier:
+                next_frontier |= self.follows(author) - depth.keys() - blocked
+            depth.update(dict.fromkeys(next_frontier, hop))
+            frontier = next_frontier
+        return {f: d for f, d in depth.items() if f not in blocked and f not in forked}, blocked, forked
 
     def profile_name(self, author: bytes) -> str | None:
         row = self.db.execute("SELECT name FROM profiles WHERE author = ?", (author,)).fetchone()
@@ -530,6 +618,11 @@ class Store:
             "INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(address) DO UPDATE SET source = 'seed' WHERE excluded.source = 'seed'",
             (address, key, source, _now_ms())) > 0
+
+    def remove_peer(self, address: str) -> bool:
+        """Forget an address (a seed included); True when it was known."""
+        with self._write():
+            return self.db.execute("DELETE FROM peers WHERE address = ?", (address,)).rowcount > 0
 
     def peer_connected(self, address: str) -> None:
         now = _now_ms()
@@ -629,6 +722,8 @@ class Store:
 
     def _check_feed(self, author: bytes) -> Iterator[Problem]:
         previous: FeedHead | None = None
+        low_row = self.db.execute("SELECT low_seq FROM feeds WHERE author = ?", (author,)).fetchone()
+        low = low_row[0] if low_row else 1
         for seq, stored_hash, header, signature, payload in self.db.execute(
                 "SELECT seq, hash, header, signature, payload FROM entries WHERE author = ? ORDER BY seq",
                 (author,)).fetchall():
@@ -638,7 +733,8 @@ class Store:
                     raise InvalidEntry("header does not match the row it is stored in")
                 if entry.hash != stored_hash:
                     raise InvalidEntry("stored hash does not match the header")
-                check_link(entry, previous)
+                if not (previous is None and seq == low):  # a partial feed's first held entry links to nothing
+                    check_link(entry, previous)
                 if payload is not None:
                     if len(payload) != entry.header.payload_size or sha256(payload) != entry.header.payload_hash:
                         raise InvalidEntry("payload does not match the header's payload hash and size: entry "

@@ -15,6 +15,7 @@ from .errors import Reason, RemoteProtocolError
 SWITCH_DELAY = 1.0  # s a note may show more than we hold before another peer is asked to stream the feed
 STALL_TIMEOUT = 5.0  # s a streaming peer that claims more than it delivers may go without sending anything
 MAX_PEER_WANTS = 100_000  # feeds one peer may want on a connection (spec/wire.md, rate-limited:)
+NEWEST_FIRST = 50  # a feed we hold nothing of, and a peer holds more of than this, starts with its newest entries
 
 
 @dataclass(eq=False)
@@ -35,12 +36,15 @@ class PeerState:
     stream_due: set[bytes] = field(default_factory=set)
     stop_due: set[bytes] = field(default_factory=set)
     dirty: set[bytes] = field(default_factory=set)  # feeds with entries to send it
+    backfill_due: set[bytes] = field(default_factory=set)  # feeds whose past we ask it for
+    backfill_to: dict[bytes, int] = field(default_factory=dict)  # feeds whose past we send it: below this seq
     distrusted: set[bytes] = field(default_factory=set)  # feeds it claimed and did not deliver
     received: int = 0
     sent: int = 0
 
     def has_work(self) -> bool:
-        return bool(self.notes_due or self.stream_due or self.stop_due or self.dirty)
+        return bool(self.notes_due or self.stream_due or self.stop_due or self.dirty or self.backfill_due
+                    or self.backfill_to)
 
 
 class Replicator:
@@ -49,8 +53,15 @@ class Replicator:
     that got something new to send since the node last emptied it."""
 
     def __init__(self, *, relay: bool = False, switch_delay: float = SWITCH_DELAY,
-                 stall_timeout: float = STALL_TIMEOUT, max_peer_wants: int = MAX_PEER_WANTS) -> None:
+                 stall_timeout: float = STALL_TIMEOUT, max_peer_wants: int = MAX_PEER_WANTS,
+                 newest_first: int = NEWEST_FIRST, keep_distant: int = 0) -> None:
         self.relay = relay
+        self.newest_first = newest_first
+        self.keep_distant = keep_distant  # > 0: feeds at hop 2 and beyond are kept to their latest N entries
+        self.low: dict[bytes, int] = {}  # partial feeds -> lowest seq held (entries from it to the head)
+        self.depth: dict[bytes, int] = {}  # wanted feeds -> hops from the owner (0: its own feed)
+        self.starts: dict[bytes, set[int]] = {}  # feeds asked for newest first -> after which seqs
+        self.backfilling: dict[bytes, int] = {}  # partial feeds -> the peer asked for their past
         self.switch_delay = switch_delay
         self.stall_timeout = stall_timeout
         self.max_peer_wants = max_peer_wants
@@ -62,6 +73,9 @@ class Replicator:
         self.streamer: dict[bytes, int] = {}  # feed -> handle of the peer streaming it to us
         self.lagging: dict[bytes, float] = {}  # feed -> since when a note has shown more than we hold
         self.last_progress: dict[bytes, float] = {}  # feed -> when its streamer last delivered or was asked
+        # wanted feeds some peer has noted beyond what we hold -> the highest such seq: all that the timer and
+        # the status look at, so their cost follows what is in flight, not how many feeds a relay holds
+        self.behind: dict[bytes, int] = {}
         self.touched: set[int] = set()
 
     # ------------------------------------------------------------ what we want
@@ -75,9 +89,11 @@ class Replicator:
         """Feeds named in our `want`s: a relay names only what its owner wants and says `all` for the rest."""
         return self.wanted - self.blocked - self.forked
 
-    def set_interest(self, wanted: set[bytes], blocked: set[bytes], forked: set[bytes], now: float) -> None:
+    def set_interest(self, wanted: set[bytes], blocked: set[bytes], forked: set[bytes], now: float,
+                     depth: dict[bytes, int] | None = None) -> None:
         """The owner's follows or blocks changed (or a fork was found): peers get the difference."""
         self.wanted, self.blocked, self.forked = set(wanted), set(blocked), set(forked)
+        self.depth = dict(depth or {})
         for feed in list(self.streamer):
             if not self.wants(feed):
                 self._stop_streaming(feed)
@@ -110,6 +126,10 @@ class Replicator:
             if self.streamer.get(feed) == handle:
                 del self.streamer[feed]
                 self._choose_streamer(feed, now)
+        for feed, asked in list(self.backfilling.items()):
+            if asked == handle:
+                del self.backfilling[feed]
+                self._ask_past(feed)
 
     # ------------------------------------------------------------ messages from a peer
 
@@ -160,6 +180,58 @@ class Replicator:
             raise RemoteProtocolError(f"the peer wants more than {self.max_peer_wants} feeds", Reason.RATE_LIMITED)
         self.touched.add(handle)
 
+    def on_backfill(self, handle: int, message: wire.Backfill) -> None:
+        peer = self.peers[handle]
+        for feed, before in message.feeds.items():
+            if feed not in self.blocked and before > self.low.get(feed, 1) and feed in self.clock:
+                peer.backfill_to[feed] = before
+        if len(peer.backfill_to) > self.max_peer_wants:
+            raise RemoteProtocolError(f"the peer asks for the past of more than {self.max_peer_wants} feeds",
+                                      Reason.RATE_LIMITED)
+        self.touched.add(handle)
+
+    def set_lows(self, lows: dict[bytes, int]) -> None:
+        """Partial feeds began or grew downwards (or were cut to their latest entries): ask for the rest of
+        the past of those this node keeps whole."""
+        for feed, low in lows.items():
+            if low <= 1:
+                self.low.pop(feed, None)
+                self.backfilling.pop(feed, None)
+                continue
+            self.low[feed] = low
+            self._ask_past(feed)
+
+    def _keeps_whole(self, feed: bytes) -> bool:
+        return not (self.keep_distant and self.depth.get(feed, 2 if self.relay else 0) >= 2)
+
+    def _ask_past(self, feed: bytes) -> None:
+        if feed in self.backfilling or self.low.get(feed, 1) <= 1 or not self._keeps_whole(feed):
+            return
+        if not self.wants(feed):
+            return
+        handle = self.streamer.get(feed)
+        candidates = [self.peers[handle]] if handle in self.peers else list(self.peers.values())
+        candidates = [p for p in candidates if feed in p.their_seq]
+        if candidates:
+            peer = candidates[0]
+            self.backfilling[feed] = peer.id
+            peer.backfill_due.add(feed)
+            self.touched.add(peer.id)
+
+    def _stream_from(self, feed: bytes, peer: PeerState) -> int:
+        """From which seq to ask a peer to stream a feed: what we hold, or, holding nothing, its newest
+        entries (the latest N only of a distant feed kept partial)."""
+        held = self.clock.get(feed, 0)
+        if held:
+            return held
+        window = self.newest_first if self._keeps_whole(feed) else self.keep_distant
+        noted = peer.their_seq.get(feed, 0)
+        if window and noted > window:
+            start = noted - window
+            self.starts.setdefault(feed, set()).add(start)
+            return start
+        return 0
+
     def on_entries(self, handle: int, seqs: dict[bytes, int], now: float) -> None:
         """The peer sent (verified) entries of these feeds up to these seqs: it holds them."""
         peer = self.peers.get(handle)
@@ -168,6 +240,7 @@ class Replicator:
         for feed, seq in seqs.items():
             if self.wants(feed) or feed in peer.their_want:
                 peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), seq)
+                self._seen(feed, seq)
             if self.streamer.get(feed) == handle:
                 self.last_progress[feed] = now
 
@@ -176,6 +249,9 @@ class Replicator:
         if not (self.wants(feed) or feed in peer.their_want):
             return  # nothing we would do with it: not kept, so a peer cannot grow our memory with it
         peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), seq)
+        self._seen(feed, seq)
+        if feed in self.low and feed not in self.backfilling:
+            self._ask_past(feed)  # a partial feed whose past nobody sends (the peer asked went away)
         held = self.clock.get(feed, 0)
         if not self.wants(feed) or feed in peer.distrusted or seq <= held:
             return  # a peer is asked to stream only what it holds beyond us; notes bring the rest
@@ -186,6 +262,10 @@ class Replicator:
             # the streaming peer may have the entry in flight: give it SWITCH_DELAY before asking another
             self.lagging.setdefault(feed, now)
 
+    def _seen(self, feed: bytes, seq: int) -> None:
+        if seq > self.clock.get(feed, 0) and seq > self.behind.get(feed, 0) and self.wants(feed):
+            self.behind[feed] = seq
+
     # ------------------------------------------------------------ our own progress
 
     def on_stored(self, seqs: dict[bytes, int], source: int | None, now: float) -> None:
@@ -195,6 +275,9 @@ class Replicator:
             if seq <= self.clock.get(feed, 0):
                 continue
             self.clock[feed] = seq
+            self.starts.pop(feed, None)
+            if seq >= self.behind.get(feed, seq + 1):
+                del self.behind[feed]
             if feed in self.lagging and seq >= self._best_seq(feed):
                 del self.lagging[feed]
             for peer in self.peers.values():
@@ -213,10 +296,14 @@ class Replicator:
         """The store dropped these feeds (a block): nothing of them is held, sent or streamed any more."""
         for feed in feeds:
             self.clock.pop(feed, None)
+            self.behind.pop(feed, None)
+            self.low.pop(feed, None)
+            self.backfilling.pop(feed, None)
             self._stop_streaming(feed)
             for peer in self.peers.values():
                 peer.dirty.discard(feed)
                 peer.notes_due.discard(feed)
+                peer.backfill_to.pop(feed, None)
 
     def _stop_streaming(self, feed: bytes) -> None:
         handle = self.streamer.pop(feed, None)
@@ -277,8 +364,12 @@ class Replicator:
                 continue
             best = max(ahead, key=lambda p: p.their_seq.get(feed, 0))
             self._switch(feed, best, now)
-        for feed, handle in list(self.streamer.items()):
-            peer = self.peers.get(handle)
+        for feed in list(self.behind):
+            if not self.wants(feed) or self.behind[feed] <= self.clock.get(feed, 0):
+                del self.behind[feed]
+                continue
+            handle = self.streamer.get(feed)
+            peer = self.peers.get(handle) if handle is not None else None
             if peer is None:
                 continue
             claimed = peer.their_seq.get(feed, 0)
@@ -310,7 +401,12 @@ class Replicator:
             return wire.Stream({}, tuple(stop))
         if peer.stream_due:
             feeds = _take(peer.stream_due, wire.MAX_FEEDS_PER_WANT)
-            return wire.Stream({f: self.clock.get(f, 0) for f in feeds}, ())
+            return wire.Stream({f: self._stream_from(f, peer) for f in feeds}, ())
+        if peer.backfill_due:
+            feeds = _take(peer.backfill_due, wire.MAX_FEEDS_PER_WANT)
+            asks = {f: self.low[f] for f in feeds if self.low.get(f, 1) > 1}
+            if asks:
+                return wire.Backfill(asks)
         while peer.notes_due:
             feeds = _take(peer.notes_due, wire.MAX_FEEDS_PER_WANT)
             notes = {f: self.clock[f] for f in feeds if self.clock.get(f, 0) > 0 and f not in self.blocked}
@@ -327,8 +423,32 @@ class Replicator:
             feed = peer.dirty.pop()
             since = peer.their_seq.get(feed, 0)
             if feed in peer.streaming_to and feed not in self.blocked and self.clock.get(feed, 0) > since:
+                if since + 1 < self.low.get(feed, 1):
+                    continue  # we hold only later entries: sending them would leave the peer a gap
                 return feed, since
         return None
+
+    def next_backfill(self, handle: int) -> tuple[bytes, int] | None:
+        """A feed whose past to send this peer, and the seq below which to send: (author, before)."""
+        peer = self.peers.get(handle)
+        if peer is None:
+            return None
+        for feed, before in list(peer.backfill_to.items()):
+            if feed in self.blocked or before <= self.low.get(feed, 1) or feed not in self.clock:
+                del peer.backfill_to[feed]
+                continue
+            return feed, before
+        return None
+
+    def backfill_sent(self, handle: int, feed: bytes, lowest: int, count: int) -> None:
+        peer = self.peers.get(handle)
+        if peer is None:
+            return
+        peer.sent += count
+        if lowest <= max(1, self.low.get(feed, 1)):
+            peer.backfill_to.pop(feed, None)
+        else:
+            peer.backfill_to[feed] = lowest
 
     def entries_sent(self, handle: int, feed: bytes, last_seq: int, count: int) -> None:
         """Entries of `feed` up to `last_seq` went to the peer; more follow if we hold more."""
@@ -352,18 +472,14 @@ class Replicator:
         peer = self.peers.get(handle)
         if peer is None:
             return False
-        behind_them = any(seq > self.clock.get(f, 0) for f, seq in peer.their_seq.items() if self.wants(f))
-        behind_us = any(self.clock.get(f, 0) > peer.their_seq.get(f, 0) for f in peer.streaming_to)
+        behind_them = any(peer.their_seq.get(f, 0) > self.clock.get(f, 0) for f in self.behind)
+        behind_us = bool(peer.dirty or peer.backfill_to)  # what it streams from us and lacks is dirty
         return not behind_them and not behind_us
 
     def progress(self) -> dict[bytes, tuple[int, int]]:
         """Wanted feeds that a peer holds more of than we do: feed -> (held, best seen)."""
-        best: dict[bytes, int] = {}
-        for peer in self.peers.values():
-            for feed, seq in peer.their_seq.items():
-                if seq > best.get(feed, 0) and self.wants(feed):
-                    best[feed] = seq
-        return {f: (self.clock.get(f, 0), s) for f, s in best.items() if s > self.clock.get(f, 0)}
+        return {f: (self.clock.get(f, 0), s) for f, s in self.behind.items()
+                if s > self.clock.get(f, 0) and self.wants(f)}
 
 
 def _take(items: set[bytes], limit: int) -> list[bytes]:

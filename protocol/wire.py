@@ -2,6 +2,7 @@
 # strict validation of each one received, and encoding. Pure: bytes in, typed messages out.
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ MAX_REFS_PER_FETCH = 1_000
 # of this catalogue, a `want` of 10,000 feeds and 10,000 drops, holds 30,010): decoding a message then
 # costs at most a few MiB, whatever its bytes (spec/wire.md, "Limits")
 MAX_MESSAGE_VALUES = 40_000
+MAX_IP_CHARS = 45  # the longest IPv6 text form
 
 
 class WireError(ProtocolError):
@@ -40,6 +42,7 @@ class Hello:
     features: tuple[str, ...] = ()
     address: str | None = None
     relay: bool = False
+    observed: str | None = None  # the IP address the sender sees this connection come from (spec/wire.md)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,14 @@ class Stream:
 
     feeds: dict[bytes, int] = field(default_factory=dict)
     stop: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """Newest first: "send me the entries of these feeds below these seqs, the nearest first", filling the
+    past of a partial feed behind what was streamed (spec/replication.md)."""
+
+    feeds: dict[bytes, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,13 +115,30 @@ class Close:
 
 
 @dataclass(frozen=True)
+class Check:
+    """"Dial me back at `address` and tell me whether it worked" (spec/wire.md, spec/peers.md "Reachability")."""
+
+    address: str
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The answer to a `check`: whether the sender reached `address` (a handshake proving the asker's key)."""
+
+    address: str
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class UnknownMessage:
     """A message of a type this version does not know: ignored, for forward compatibility."""
 
     type: str
 
 
-Message = Hello | Want | Have | Stream | Entries | Fetch | Peers | Ping | Pong | Close | UnknownMessage
+Message = (Hello | Want | Have | Stream | Backfill | Entries | Fetch | Peers | Ping | Pong | Close | Check | Checked
+           | UnknownMessage)
 
 
 def encode(message: Message) -> bytes:
@@ -123,14 +151,24 @@ def encode(message: Message) -> bytes:
 
 def _to_map(message: Message) -> dict[str, Any]:
     if isinstance(message, Hello):
-        return {"type": "hello", "version": message.version, "features": list(message.features),
-                "address": message.address, "relay": message.relay}
+        hello = {"type": "hello", "version": message.version, "features": list(message.features),
+                 "address": message.address, "relay": message.relay}
+        if message.observed is not None:  # optional: absent rather than nil, so older encodings are unchanged
+            hello["observed"] = message.observed
+        return hello
+    if isinstance(message, Check):
+        return {"type": "check", "address": message.address}
+    if isinstance(message, Checked):
+        return {"type": "checked", "address": message.address, "ok": message.ok,
+                "reason": message.reason[:MAX_REASON_CHARS]}
     if isinstance(message, Want):
         return {"type": "want", "feeds": message.feeds, "drop": list(message.drop), "all": message.all}
     if isinstance(message, Have):
         return {"type": "have", "feeds": message.feeds}
     if isinstance(message, Stream):
         return {"type": "stream", "feeds": message.feeds, "stop": list(message.stop)}
+    if isinstance(message, Backfill):
+        return {"type": "backfill", "feeds": message.feeds}
     if isinstance(message, Entries):
         return {"type": "entries", "entries": [list(item) for item in message.raw]}
     if isinstance(message, Fetch):
@@ -206,7 +244,26 @@ def _hello(obj: dict[str, Any]) -> Hello:
     address = _field(obj, "address", (str, type(None)), None)
     if address is not None and len(address) > MAX_ADDRESS_CHARS:
         raise WireError("hello.address is too long")
-    return Hello(version, tuple(features), address, bool(_field(obj, "relay", bool, False)))
+    observed = _field(obj, "observed", (str, type(None)), None)
+    if observed is not None:
+        try:
+            if len(observed) > MAX_IP_CHARS:
+                raise ValueError
+            observed = str(ipaddress.ip_address(observed))
+        except ValueError:
+            raise WireError("hello.observed is not an IP address") from None
+    return Hello(version, tuple(features), address, bool(_field(obj, "relay", bool, False)), observed)
+
+
+def _address_field(obj: dict[str, Any]) -> str:
+    address = _field(obj, "address", str)
+    if len(address) > MAX_ADDRESS_CHARS:
+        raise WireError(f"{obj['type']}.address is too long")
+    return address
+
+
+def _checked(obj: dict[str, Any]) -> Checked:
+    return Checked(_address_field(obj), _field(obj, "ok", bool), _field(obj, "reason", str, "")[:MAX_REASON_CHARS])
 
 
 def _keys(obj: dict[str, Any], name: str) -> tuple[bytes, ...]:
@@ -279,11 +336,14 @@ _DECODERS = {
     "want": _want,
     "have": _have,
     "stream": _stream,
+    "backfill": lambda obj: Backfill(_seq_map(obj, "feeds")),
     "entries": _entries,
     "fetch": _fetch,
     "peers": _peers,
     "ping": lambda obj: Ping(_nonce(obj)),
     "pong": lambda obj: Pong(_nonce(obj)),
     "close": _close,
+    "check": lambda obj: Check(_address_field(obj)),
+    "checked": _checked,
 }
 

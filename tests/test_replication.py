@@ -33,8 +33,8 @@ def stops(messages: list[wire.Message]) -> set[bytes]:
     return {f for m in messages if isinstance(m, wire.Stream) for f in m.stop}
 
 
-def node_wanting(*feeds: bytes, held: dict[bytes, int] | None = None) -> Replicator:
-    r = Replicator()
+def node_wanting(*feeds: bytes, held: dict[bytes, int] | None = None, newest_first: int = 0) -> Replicator:
+    r = Replicator(newest_first=newest_first)
     r.on_stored(held or {}, None, 0.0)
     r.set_interest(set(feeds), set(), set(), 0.0)
     return r
@@ -250,3 +250,99 @@ def test_notes_of_unwanted_feeds_are_not_kept() -> None:
     r.add_peer(1, KEY_A)
     r.on_have(1, wire.Have({bytes([i]) * 32: 1 for i in range(100, 200)}), 0.0)
     assert r.peers[1].their_seq == {}
+
+
+def test_a_long_new_feed_starts_with_its_newest_entries_then_fills_the_past() -> None:
+    r = node_wanting(F, newest_first=50)
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    r.on_have(1, wire.Have({F: 100_000}), 0.0)
+    assert streams(drain(r, 1)) == {F: 99_950}
+    assert r.starts == {F: {99_950}}  # what the store may accept as the first entry of an empty feed
+    r.on_entries(1, {F: 100_000}, 0.5)
+    r.on_stored({F: 100_000}, 1, 0.5)
+    r.set_lows({F: 99_951})
+    assert drain(r, 1) == [wire.Backfill({F: 99_951})]  # the past, behind the newest
+    r.set_lows({F: 98_951})
+    assert drain(r, 1) == []  # one request: the peer keeps sending until seq 1
+    r.set_lows({F: 1})
+    assert r.low == {} and r.backfilling == {}
+
+
+def test_past_is_asked_again_of_another_peer_when_the_first_goes() -> None:
+    r = node_wanting(F, newest_first=50)
+    r.add_peer(1, KEY_A)
+    r.add_peer(2, KEY_B)
+    drain(r, 1), drain(r, 2)
+    r.on_have(1, wire.Have({F: 500}), 0.0)
+    r.on_have(2, wire.Have({F: 500}), 0.0)
+    r.on_stored({F: 500}, 1, 0.5)
+    r.set_lows({F: 451})
+    assert [m for m in drain(r, 1) if isinstance(m, wire.Backfill)] == [wire.Backfill({F: 451})]
+    r.remove_peer(1, 1.0)
+    assert [m for m in drain(r, 2) if isinstance(m, wire.Backfill)] == [wire.Backfill({F: 451})]
+
+
+def test_past_is_asked_of_a_peer_that_connects_after_the_only_one_went() -> None:
+    # e.g. the node closed its only connection (a full disk dropped what it sent) and the peer dials again
+    r = node_wanting(F, newest_first=50)
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    r.on_have(1, wire.Have({F: 500}), 0.0)
+    r.on_stored({F: 500}, 1, 0.5)
+    r.set_lows({F: 451})
+    assert [m for m in drain(r, 1) if isinstance(m, wire.Backfill)] == [wire.Backfill({F: 451})]
+    r.remove_peer(1, 1.0)
+    assert r.backfilling == {}
+    r.add_peer(2, KEY_A)
+    drain(r, 2)
+    r.on_have(2, wire.Have({F: 500}), 2.0)
+    assert [m for m in drain(r, 2) if isinstance(m, wire.Backfill)] == [wire.Backfill({F: 451})]
+
+
+def test_distant_feeds_kept_partial_start_at_their_latest_n_and_never_fill_the_past() -> None:
+    r = Replicator(newest_first=50, keep_distant=10)
+    r.set_interest({F, G}, set(), set(), 0.0, {F: 1, G: 2})
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    r.on_have(1, wire.Have({F: 30, G: 30}), 0.0)
+    assert streams(drain(r, 1)) == {F: 0, G: 20}  # F is followed: whole (30 <= 50); G at hop 2: latest 10
+    r.on_stored({G: 30}, 1, 0.5)
+    r.set_lows({G: 21})
+    assert [m for m in drain(r, 1) if isinstance(m, wire.Backfill)] == []
+
+
+def test_serving_the_past_goes_down_to_what_is_held_and_never_leaves_a_gap() -> None:
+    r = Replicator()
+    r.on_stored({F: 5_000}, None, 0.0)
+    r.set_lows({F: 2_001})  # this node itself holds only 2,001..5,000
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    r.on_want(1, wire.Want({F: 0}, (), False), 0.0)
+    r.on_stream(1, wire.Stream({F: 0}, ()))  # from 0: sending 2,001.. would leave the peer a gap
+    assert r.next_feed(1) is None
+    r.on_stream(1, wire.Stream({F: 4_950}, ()))
+    assert r.next_feed(1) == (F, 4_950)
+    r.on_backfill(1, wire.Backfill({F: 4_951}))
+    assert r.next_backfill(1) == (F, 4_951)
+    r.backfill_sent(1, F, 3_951, 1_000)
+    assert r.next_backfill(1) == (F, 3_951)
+    r.backfill_sent(1, F, 2_001, 1_950)
+    assert r.next_backfill(1) is None
+
+
+def test_progress_and_in_sync_follow_what_is_in_flight() -> None:
+    r = node_wanting(F, G)
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    assert r.in_sync(1) and r.progress() == {}
+    r.on_have(1, wire.Have({F: 100, G: 3}), 0.0)
+    assert r.progress() == {F: (0, 100), G: (0, 3)} and not r.in_sync(1)
+    r.on_stored({F: 100, G: 3}, 1, 1.0)
+    assert r.progress() == {} and r.in_sync(1)
+    r.on_want(1, wire.Want({F: 100}, (), False), 1.0)
+    r.on_stream(1, wire.Stream({F: 100}, ()))
+    r.on_stored({F: 101}, None, 2.0)  # ours, which it streams from us and lacks
+    assert not r.in_sync(1)
+    r.entries_sent(1, F, 101, 1)
+    assert r.next_feed(1) is None and r.in_sync(1)

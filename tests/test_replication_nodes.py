@@ -143,3 +143,71 @@ async def test_write_lock_held_by_another_process_does_not_freeze_the_node(tmp_p
             other.execute("COMMIT")
         await wait_until(lambda: node.store.head(bytes(author.verify_key)) is not None, timeout=30)
         nursery.cancel_scope.cancel()
+
+
+def low_of(node: Node, author: bytes) -> int:
+    return node.store.lows().get(author, 1) if node.store.head(author) else 0
+
+
+async def test_new_follower_gets_the_newest_entries_first_then_the_past(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    author = raw_key(220)
+    x = bytes(author.verify_key)
+    entries = chain(author, [f"post {i}" for i in range(FEED_SIZE)])
+    async with trio.open_nursery() as nursery:
+        net = Net(tmp_path, nursery, MemoryNetwork(bandwidth=200_000))
+        holder = await net.add(prepare=holder_of(entries), relay=True)
+        reader = await net.add([holder.address], prepare=follower_of(x))
+        await wait_until(lambda: held(reader, x) > 0)
+        assert held(reader, x) == FEED_SIZE  # the first thing shown is the newest ...
+        assert [e.entry.seq for e in reader.store.feed(x)] == list(range(FEED_SIZE, FEED_SIZE - 50, -1))
+        await wait_until(lambda: low_of(reader, x) == 1, timeout=120)  # ... and the past comes behind it
+        assert len(reader.store.feed(x)) == FEED_SIZE
+        assert reader.store.check() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_forged_newest_entry_is_refused_and_the_feed_comes_from_an_honest_peer(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    author = raw_key(221)
+    x = bytes(author.verify_key)
+    entries = chain(author, [f"post {i}" for i in range(200)])
+    forged = entries[-1].to_wire()
+    forged[1] = bytes(64)  # the head, with a signature its author never made
+    async with trio.open_nursery() as nursery:
+        net = Net(tmp_path, nursery)
+        reader = await net.add(prepare=follower_of(x))
+        liar = await RawPeer.connect(net, reader, raw_key(222))
+        await liar.hello()
+        await liar.send(wire.Have({x: 200}))
+        with trio.fail_after(30):
+            while not isinstance(message := await liar.receive(), wire.Stream):
+                pass
+        assert message.feeds == {x: 150}  # newest first
+        await liar.send(wire.Entries((tuple(forged),)))
+        reason = await liar.close_reason()
+        assert reason is not None and reason.startswith("invalid:"), reason
+        assert reader.store.head(x) is None
+        await net.add([reader.address], prepare=holder_of(entries), relay=True)
+        await wait_until(lambda: low_of(reader, x) == 1 and held(reader, x) == 200, timeout=60)
+        assert reader.store.check() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_distant_feeds_are_kept_to_their_latest_entries(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    distant, near = raw_key(230), raw_key(231)
+    d, n = bytes(distant.verify_key), bytes(near.verify_key)
+    distant_feed = chain(distant, [f"far {i}" for i in range(500)])
+    near_feed = [create_entry(near, None, {"type": "follow", "feed": d}, 1_000)]
+    near_feed += chain(near, [f"near {i}" for i in range(99)], start=near_feed[0])
+    async with trio.open_nursery() as nursery:
+        net = Net(tmp_path, nursery)
+        holder = await net.add(prepare=holder_of(distant_feed + near_feed), relay=True)
+        reader = await net.add([holder.address], prepare=follower_of(n), keep_distant=20)
+        await wait_until(lambda: held(reader, n) == 100 and held(reader, d) == 500, timeout=60)
+        await wait_until(lambda: low_of(reader, n) == 1)
+        assert low_of(reader, d) == 481  # hop 2: the latest 20, and no more is asked for
+        assert len(reader.store.feed(d)) == 20
+        assert reader.store.check() == []
+        nursery.cancel_scope.cancel()

@@ -509,3 +509,48 @@ def test_kill_during_ingest_leaves_whole_batches(tmp_path: Path, foreign_feed: t
         assert store.ingest(wire(feed[k:k + BATCH])).error is None
         assert store.clock() == {ALICE: k + BATCH}
     assert not os.path.exists(str(db_path) + "-journal")
+
+
+# ---------------------------------------------------------------- partial feeds (newest first)
+
+
+def test_an_empty_feed_starts_above_seq_1_only_where_the_node_asked_for_it(store: Store) -> None:
+    feed = make_feed(ALICE_KEY, 100)
+    refused = store.ingest_verified(feed[90:])
+    assert refused.error is not None and "seq gap" in refused.error.message and store.head(ALICE) is None
+    wrong_start = store.ingest_verified(feed[90:], {ALICE: {80}})
+    assert wrong_start.error is not None and store.head(ALICE) is None
+    started = store.ingest_verified(feed[90:], {ALICE: {90}})
+    assert started.error is None and started.lows == {ALICE: 91}
+    assert store.lows() == {ALICE: 91} and store.head(ALICE).seq == 100
+    assert store.check() == []
+
+
+def test_the_past_of_a_partial_feed_is_stored_when_it_links_backwards(store: Store) -> None:
+    feed = make_feed(ALICE_KEY, 100)
+    store.ingest_verified(feed[90:], {ALICE: {90}})
+    unlinked = store.ingest_verified(feed[10:50])  # ends at 50, not at 90: nothing to link to yet
+    assert unlinked.stored == [] and store.lows() == {ALICE: 91}
+    filled = store.ingest_verified(feed[40:90])
+    assert filled.error is None and filled.lows == {ALICE: 41} and seqs(store, ALICE) == list(range(41, 101))
+    store.ingest_verified(feed[:40])
+    assert store.lows() == {} and seqs(store, ALICE) == list(range(1, 101))
+    assert store.check() == []
+
+
+def test_a_past_that_does_not_link_is_the_authors_fork(store: Store) -> None:
+    feed = make_feed(ALICE_KEY, 100)
+    other = make_feed(ALICE_KEY, 99, text="other")  # another seq 99, validly signed
+    store.ingest_verified(feed[99:], {ALICE: {99}})
+    result = store.ingest_verified(other[98:99])
+    assert isinstance(result.error, ForkDetected) and store.forked_feeds() == [ALICE]
+    assert seqs(store, ALICE) == [100]
+
+
+def test_keep_latest_cuts_a_feed_to_its_newest_entries(store: Store) -> None:
+    feed = make_feed(ALICE_KEY, 100)
+    store.ingest_verified(feed)
+    assert store.keep_latest([ALICE], 30) == {ALICE: 71}
+    assert seqs(store, ALICE) == list(range(71, 101)) and store.check() == []
+    assert store.keep_latest([ALICE], 30) == {}
+    assert store.ingest_verified(make_feed(ALICE_KEY, 1, after=feed[-1])).error is None

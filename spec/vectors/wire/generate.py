@@ -19,6 +19,8 @@ from protocol import wire  # noqa: E402
 A = bytes(range(32))
 B = bytes(range(32, 64))
 HEADER = bytes.fromhex("87a161c420") + A  # any bytes: entries are checked by spec/log.md, not by the framing
+KEY = "@aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4f5ybec4"
+_HELLO = {"type": "hello", "version": 1, "features": [], "address": None, "relay": False}
 
 
 def _valid() -> list[tuple[str, wire.Message]]:
@@ -26,10 +28,19 @@ def _valid() -> list[tuple[str, wire.Message]]:
         ("hello", wire.Hello(1, (), "203.0.113.7:8765/@aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4f5ybec4",
                              False)),
         ("hello of a relay without an address", wire.Hello(1, (), None, True)),
+        ("hello saying the connection comes from 198.51.100.7",
+         wire.Hello(1, (), f"203.0.113.7:8765/{KEY}", False, "198.51.100.7")),
+        ("hello with an IPv6 observed address", wire.Hello(1, (), None, False, "2001:db8::1")),
+        ("check: dial me back at this address", wire.Check(f"203.0.113.7:8765/{KEY}")),
+        ("checked: the dial-back worked", wire.Checked(f"203.0.113.7:8765/{KEY}", True, "")),
+        ("checked: the dial-back failed, with what was found",
+         wire.Checked(f"203.0.113.7:8765/{KEY}", False,
+                      "203.0.113.7:8765: connection refused (no node listening there, or a firewall)")),
         ("want two feeds, drop none", wire.Want({A: 0, B: 3}, (), False)),
         ("want all (a relay), drop one", wire.Want({}, (B,), True)),
         ("have (a note)", wire.Have({A: 12})),
         ("stream one feed after seq 3, stop another", wire.Stream({A: 3}, (B,))),
+        ("backfill: the entries below seq 951", wire.Backfill({A: 951})),
         ("entries, one with a payload and one without", wire.Entries(((HEADER, b"s" * 64, b"\x81\xa1a\x01"),
                                                                      (HEADER, b"t" * 64, None)))),
         ("fetch two entries again", wire.Fetch(((A, 3), (B, 1)))),
@@ -53,6 +64,12 @@ def _invalid() -> list[tuple[str, Any, str]]:
          {"type": "entries", "entries": [[b"h", b"s", None]] * (wire.MAX_ENTRIES_PER_MESSAGE + 1)}, "too-large"),
         ("entries item not a triple", {"type": "entries", "entries": [[HEADER, b"s"]]}, "invalid"),
         ("ping nonce of the wrong type", {"type": "ping", "nonce": "one"}, "invalid"),
+        ("hello.observed not an IP address", {**_HELLO, "observed": "example.org"}, "invalid"),
+        ("hello.observed not a string", {**_HELLO, "observed": 7}, "invalid"),
+        ("hello.observed longer than 45 characters", {**_HELLO, "observed": "1" * 46}, "invalid"),
+        ("check without an address", {"type": "check"}, "invalid"),
+        ("check.address over 300 characters", {"type": "check", "address": "a" * 301}, "invalid"),
+        ("checked.ok not a bool", {"type": "checked", "address": f"203.0.113.7:8765/{KEY}", "ok": 1}, "invalid"),
         ("fetch of seq 0", {"type": "fetch", "entries": [[A, 0]]}, "invalid"),
         ("fetch key of 31 bytes", {"type": "fetch", "entries": [[A[:31], 1]]}, "invalid"),
         ("fetch over the count limit", {"type": "fetch", "entries": [[A, 1]] * (wire.MAX_REFS_PER_FETCH + 1)},

@@ -1,0 +1,128 @@
+# A node at home behind a NAT router (tests/netns.py HomeBehindNat: namespaces, nftables masquerade, Debian's
+# miniupnpd): with UPnP it maps its port, advertises the router's external address, peers outside dial it
+# back ("reachable: yes") and a new node outside connects to it; the mapping goes when the node stops. With no
+# UPnP on the router it says so, still learns its public IP from the peers outside, and is reported
+# unreachable with the reason. Needs root, nft and miniupnpd (test.sh installs them).
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+from netns import HomeBehindNat, Lab, open_lab, require_command
+from nodeproc import NodeProcess, init_home, wait_for
+
+from protocol.ids import parse_address
+
+WAIT_S = 60.0
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with open_lab() as made:
+        require_command("nft", "nftables")
+        yield made
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[NodeProcess]]:
+    started: list[NodeProcess] = []
+    yield started
+    for node in reversed(started):
+        node.stop()
+
+
+def status(home: Path) -> dict[str, Any]:
+    result = run_cli(home, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def status_line(home: Path, prefix: str) -> str:
+    result = run_cli(home, "status")
+    assert result.returncode == 0, result.stderr
+    return next(line for line in result.stdout.splitlines() if line.startswith(prefix))
+
+
+def outside_nodes(tmp_path: Path, lab: Lab, topo: HomeBehindNat, nodes: list[NodeProcess], count: int) -> list[str]:
+    addresses = []
+    for n in range(count):
+        home = tmp_path / f"out{n}"
+        init_home(home)
+        node = NodeProcess(home, "--listen", "0.0.0.0:0", "--no-lan", "--no-upnp", wrap=lab.exec(topo.net))
+        nodes.append(node)
+        assert node.address.startswith(f"{topo.OUTSIDE_IP}:"), node.address
+        addresses.append(node.address)
+    return addresses
+
+
+def test_upnp_maps_the_port_and_an_outside_node_reaches_home(tmp_path: Path, lab: Lab,
+                                                             nodes: list[NodeProcess]) -> None:
+    require_command("miniupnpd", "miniupnpd")
+    topo = HomeBehindNat(lab, tmp_path, upnp=True)
+    try:
+        seeds = outside_nodes(tmp_path, lab, topo, nodes, 2)
+        home = tmp_path / "home"
+        home_id = init_home(home)
+        started = time.monotonic()
+        nodes.append(node := NodeProcess(home, "--listen", "0.0.0.0:0", "--no-lan", "--seed", seeds[0],
+                                         "--seed", seeds[1], wrap=lab.exec(topo.home)))
+        port = parse_address(node.address).port
+        wait_for(lambda: status(home).get("reachability", {}).get("reachable") is True, WAIT_S,
+                 "peers outside to reach home through the mapped port")
+        print(f"figure: start to 'reachable: yes' behind the UPnP router: {time.monotonic() - started:.1f} s")
+        info = status(home)
+        assert info["port_mapping"]["state"] == "mapped", info["port_mapping"]
+        assert info["port_mapping"]["external"] == f"{topo.ROUTER_WAN_IP}:{port}"
+        assert info["address"] == f"{topo.ROUTER_WAN_IP}:{port}/{home_id}"
+        assert f"dport {port} dnat ip to {topo.HOME_IP}:{port}" in topo.mappings()
+        assert status_line(home, "reachable:").startswith(f"reachable: yes at {topo.ROUTER_WAN_IP}:{port} (checked by")
+        assert "router port mapping (UPnP): mapped" in status_line(home, "router port mapping")
+
+        # a node outside that only has the invite reaches home
+        invite = run_cli(home, "invite").stdout.strip()
+        newcomer = tmp_path / "newcomer"
+        init_home(newcomer)
+        assert run_cli(newcomer, "join", invite).returncode == 0
+        nodes.append(NodeProcess(newcomer, "--listen", "0.0.0.0:0", "--no-lan", "--no-upnp",
+                                 wrap=lab.exec(topo.net)))
+        wait_for(lambda: any(p["id"] == home_id and p["direction"] == "outbound"
+                             for p in status(newcomer).get("peers", [])), WAIT_S,
+                 "the newcomer outside to connect to home at the mapped address")
+
+        assert node.stop() == 0
+        assert f"dport {port} " not in topo.mappings()  # the mapping was removed on exit
+    finally:
+        topo.close()
+
+
+def test_without_upnp_home_is_reported_unreachable_with_the_reason(tmp_path: Path, lab: Lab,
+                                                                  nodes: list[NodeProcess]) -> None:
+    topo = HomeBehindNat(lab, tmp_path, upnp=False)
+    try:
+        seeds = outside_nodes(tmp_path, lab, topo, nodes, 2)
+        home = tmp_path / "home"
+        home_id = init_home(home)
+        nodes.append(node := NodeProcess(home, "--listen", "0.0.0.0:0", "--no-lan", "--seed", seeds[0],
+                                         "--seed", seeds[1], wrap=lab.exec(topo.home)))
+        port = parse_address(node.address).port
+        assert node.address.startswith(f"{topo.HOME_IP}:")  # before any peer: its own interface address
+        wait_for(lambda: status(home).get("reachability", {}).get("reachable") is False, WAIT_S,
+                 "the failed dial-back checks")
+        wait_for(lambda: status(home)["port_mapping"]["state"] != "starting", WAIT_S, "the search for a router")
+        info = status(home)
+        # two peers outside saw it come from the router's address: that is its public IP now
+        assert info["address"] == f"{topo.ROUTER_WAN_IP}:{port}/{home_id}"
+        assert info["port_mapping"]["state"] == "failed"
+        assert "no UPnP router answered" in info["port_mapping"]["detail"]
+        line = status_line(home, "reachable:")
+        assert line.startswith(f"reachable: no: peers could not connect to {topo.ROUTER_WAN_IP}:{port} "
+                               f"({topo.ROUTER_WAN_IP}:{port}: connection refused"), line
+        assert f"forward TCP port {port} on your router" in line
+    finally:
+        topo.close()
