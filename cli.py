@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import sys
 import time
+import webbrowser
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from click.core import ParameterSource
 
 from p2pnode import seeds as seedbook
 from p2pnode.config import ConfigFileError, merge_config
-from p2pnode.diskspace import DEFAULT_MIN_FREE, explain, parse_size
+from p2pnode.diskspace import DEFAULT_MIN_FREE, parse_size
 from p2pnode.home import ONION_KEY_FILE, HomeError, default_home, load_identity
 from p2pnode.local import (
     Local,
@@ -25,6 +26,7 @@ from p2pnode.local import (
     check_text,
     damage_note,
     describe,
+    explain,
     identity_id,
     init_home,
     open_home,
@@ -37,7 +39,8 @@ from p2pnode.proxy import ProxySettingError, make_network
 from p2pnode.reach import describe_reachability
 from p2pnode.runner import ConfigError, collect_seeds, parse_listen, run_node, setup_logging
 from p2pnode.store import StoredEntry, StoreError
-from protocol.errors import InvalidId, ProtocolError
+from p2pnode.web.access import DEFAULT_WEB, WebConfigError, open_url, parse_web_option, read_token
+from protocol.errors import ProtocolError
 from protocol.ids import entry_ref, feed_id, parse_entry_ref, parse_feed_id
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -52,27 +55,10 @@ def user_errors() -> Iterator[None]:
         yield
     except (HomeError, StoreError, UserError, ConfigFileError, seedbook.SeedError, ProxySettingError) as exc:
         raise click.ClickException(str(exc)) from None
-    except InvalidId as exc:
-        raise click.ClickException(exc.message) from None
-    except ProtocolError as exc:
-        raise click.ClickException(exc.reason) from None
-    except (OSError, sqlite3.Error) as exc:
-        raise click.ClickException(failure_line(exc)) from None
-
-
-def failure_line(exc: OSError | sqlite3.Error) -> str:
-    """One line for a failure to use the home: its cause when it is known (full disk, read-only, permissions)."""
-    ctx = click.get_current_context(silent=True)
-    home = ctx.obj["home"] if ctx is not None and ctx.obj else None
-    cause = explain(exc, home) if home is not None else None
-    if cause is not None:
-        return cause
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
-    if ctx is not None and ctx.info_name == "check":  # telling the user to run check would send them round
-        return (f"the store cannot be read ({exc}): it is damaged; restore it from a backup, or move it away and "
-                "run 'p2pnode run' to fetch your feed back from your peers")
-    return f"the store could not be read or written ({exc}); if it is damaged, 'p2pnode check' tells more"
+    except (ProtocolError, OSError, sqlite3.Error) as exc:
+        ctx = click.get_current_context(silent=True)
+        home = ctx.obj["home"] if ctx is not None and ctx.obj else None
+        raise click.ClickException(explain(exc, home, ctx.info_name if ctx else None) or str(exc)) from None
 
 
 @contextmanager
@@ -238,10 +224,7 @@ contact_command("unblock", "Unblock the feed ID.")
 @click.pass_context
 def profile(ctx: click.Context, name: str, about: str | None, as_json: bool) -> None:
     """Publish this feed's profile."""
-    payload = {"type": "profile", "name": name}
-    if about is not None:
-        payload["about"] = about
-    publish_and_print(ctx, as_json, lambda node: node.publish(payload))
+    publish_and_print(ctx, as_json, lambda node: node.set_profile(name, about))
 
 
 @main.command()
@@ -326,9 +309,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
         running = runtime_info(node.home)
         data["running"] = bool(running)
         if running:
-            data.update({k: running[k] for k in ("address", "addresses", "reachability", "port_mapping", "onion",
-                                                 "storing", "disk_full", "peers", "syncing", "dial_problems")
-                         if k in running})
+            data.update({k: running[k] for k in ("address", "web", "addresses", "reachability", "port_mapping",
+                                                 "onion", "storing", "disk_full", "peers", "syncing",
+                                                 "dial_problems") if k in running})
     if as_json:
         emit(data)
         return
@@ -340,6 +323,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         elif key == "disk_full":
             if value:
                 click.echo(f"disk full: {value}; not storing what peers send until there is space again")
+        elif key == "web":
+            click.echo(f"web: {value} ('p2pnode web' prints the URL to open)")
         elif key == "reachability":
             click.echo(f"reachable: {describe_reachability(value, time.time())}")
         elif key == "onion":
@@ -386,10 +371,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
               show_default=True, help="How much the node logs on stderr.")
 @click.option("--min-free", default=f"{DEFAULT_MIN_FREE >> 20}M", show_default=True, metavar="SIZE",
               help="Stop storing what peers send while the disk holding the home has less free (e.g. 300M, 1G, 0).")
+@click.option("--web", "web_option", default=DEFAULT_WEB, show_default=True, envvar="P2PNODE_WEB",
+              metavar="HOST:PORT|off", help="Where to serve your web app (env P2PNODE_WEB); 'off' serves none.")
+@click.option("--web-public", is_flag=True, help="Allow --web on a non-loopback address (anyone with the token "
+              "can act as you).")
 @click.pass_context
 def run(ctx: click.Context, **params: Any) -> None:
-    """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS'.
-    Settings not given as flags come from <home>/config.toml when it has them."""
+    """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS';
+    then 'web URL' when it serves the web app. Settings not given as flags come from <home>/config.toml
+    when it has them."""
     home = ctx.obj["home"]
     given = {name for name in params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     with user_errors():
@@ -398,9 +388,10 @@ def run(ctx: click.Context, **params: Any) -> None:
     with user_errors():
         try:
             host, port = parse_listen(settings["listen"])
+            web = parse_web_option(settings["web_option"], settings["web_public"])
             seeds = collect_seeds(home, list(settings["seed_options"]), settings["seeds_file"],
                                   lambda line: click.echo(line, err=True))
-        except ConfigError as exc:
+        except (ConfigError, WebConfigError) as exc:
             raise UserError(str(exc)) from None
         if runtime_info(home):
             raise UserError(f"a node is already running on {home}")
@@ -415,9 +406,34 @@ def run(ctx: click.Context, **params: Any) -> None:
                             keep_distant=settings["keep_distant"], min_free=floor)
         make_network(config.proxy)  # a bad --proxy is a one-line error before anything starts
         try:
-            run_node(home, config, seeds)
+            run_node(home, config, seeds, web)
         except ConfigError as exc:
             raise UserError(str(exc)) from None
+
+
+@main.command()
+@click.option("--open", "open_browser", is_flag=True, help="Also open it in the default browser.")
+@JSON_OPTION
+@click.pass_context
+def web(ctx: click.Context, open_browser: bool, as_json: bool) -> None:
+    """Print the URL of your web app (with its access token): keep it to yourself."""
+    home = ctx.obj["home"]
+    running = runtime_info(home)
+    if not running:
+        raise click.ClickException(f"no node is running on {home}: the web app is served by 'p2pnode run'")
+    if not running.get("web"):
+        raise click.ClickException("the running node serves no web app (it was started with --web off)")
+    with user_errors():
+        try:
+            url = open_url(running["web"], read_token(home))
+        except WebConfigError as exc:
+            raise UserError(str(exc)) from None
+    if as_json:
+        emit({"url": url})
+    else:
+        click.echo(url)
+    if open_browser and not webbrowser.open(url):
+        raise click.ClickException("no browser could be started here: open the URL above yourself")
 
 
 @main.command()

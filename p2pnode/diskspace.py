@@ -137,7 +137,7 @@ class DiskWatch:
         return {"storing": not self.full, "disk_full": self.reason if self.full else None}
 
 
-def explain(exc: BaseException, home: Path) -> str | None:
+def home_problem(exc: BaseException, home: Path) -> str | None:
     """The one line that names the cause of a failure to use the home, or None if it is not one of those."""
     if is_disk_full(exc):
         return f"the disk holding {home} is full: free some space and try again"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,12 +14,13 @@ from typing import Any
 
 import nacl.signing
 
-from protocol.errors import InvalidEntry
+from protocol.errors import InvalidEntry, InvalidId, ProtocolError
 from protocol.ids import entry_ref, feed_id
 from protocol.log import Header
 
-from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, create_identity, load_identity, node_running
-from .store import Store, StoredEntry
+from .diskspace import home_problem
+from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, HomeError, create_identity, load_identity, node_running
+from .store import Store, StoredEntry, StoreError
 
 
 class UserError(Exception):
@@ -63,6 +65,12 @@ class Local:
         if self.store.entry_by_hash(parent) is None:
             raise UserError(f"no entry {entry_ref(parent)} in this store")
         return self.publish({"type": "post", "text": text, "reply_to": parent})
+
+    def set_profile(self, name: str, about: str | None = None) -> StoredEntry:
+        payload = {"type": "profile", "name": name}
+        if about is not None:
+            payload["about"] = about
+        return self.publish(payload)
 
     def retract(self, target: bytes) -> StoredEntry:
         stored = self.store.entry_by_hash(target)
@@ -133,6 +141,29 @@ def repair_payloads(node: Local, wait: float) -> tuple[list[Header], list[Header
             time.sleep(0.2)
             missing = [h for h in missing if not node.store.payload_held(h.author, h.seq)]
     return [h for h in dropped if h not in missing], missing
+
+
+def explain(exc: BaseException, home: Path | None = None, command: str | None = None) -> str | None:
+    """The one line a user is shown for an error that is theirs or the input's (the CLI prints it, the web
+    app shows it on the page); None for anything else, which is a bug. With the `home`, a failure to use it
+    names its cause (a full disk, a read-only filesystem, missing permissions: p2pnode/diskspace.py)."""
+    cause = home_problem(exc, home) if home is not None else None
+    if cause is not None:
+        return cause
+    if isinstance(exc, HomeError | StoreError | UserError):
+        return str(exc)
+    if isinstance(exc, InvalidId):
+        return exc.message
+    if isinstance(exc, ProtocolError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+    if isinstance(exc, sqlite3.Error):
+        if command == "check":  # telling the user to run check would send them round in a circle
+            return (f"the store cannot be read ({exc}): it is damaged; restore it from a backup, or move it away "
+                    "and run 'p2pnode run' to fetch your feed back from your peers")
+        return f"the store could not be read or written ({exc}); if it is damaged, 'p2pnode check' tells more"
+    return None
 
 
 def check_text(text: str) -> str:

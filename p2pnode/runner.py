@@ -24,6 +24,7 @@ from .home import LOCK_FILE, RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
 from .node import Node, NodeConfig
 from .proxy import make_network
 from .store import Store
+from .web.access import WebConfigError, WebOptions, WebStartError
 
 log = logging.getLogger("p2pnode.run")
 STATUS_INTERVAL = 0.5
@@ -70,11 +71,12 @@ def collect_seeds(home: Path, options: list[str], seeds_file: Path | None,
     return seeds
 
 
-def run_node(home: Path, config: NodeConfig, seeds: list[Address]) -> None:
-    """Run a node in the foreground until SIGINT or SIGTERM. Raises HomeError/StoreError before it starts."""
+def run_node(home: Path, config: NodeConfig, seeds: list[Address], web: WebOptions | None = None) -> None:
+    """Run a node in the foreground until SIGINT or SIGTERM, and the web app (p2pnode/web) with it unless
+    `web` is None. Raises HomeError/StoreError before it starts."""
     key = load_identity(home)
     with _run_lock(home):
-        _run_locked(home, key, config, seeds)
+        _run_locked(home, key, config, seeds, web)
 
 
 @contextmanager
@@ -92,12 +94,16 @@ def _run_lock(home: Path) -> Iterator[None]:
         handle.close()
 
 
-def _run_locked(home: Path, key: nacl.signing.SigningKey, config: NodeConfig, seeds: list[Address]) -> None:
+def _run_locked(home: Path, key: nacl.signing.SigningKey, config: NodeConfig, seeds: list[Address],
+                web: WebOptions | None) -> None:
     store = Store(home / STORE_FILE, bytes(key.verify_key))
     try:
-        trio.run(_main, home, key, store, config, seeds)
+        trio.run(_main, home, key, store, config, seeds, web)
     except BaseExceptionGroup as group:
         # trio wraps a failure to listen (port in use, unknown host) in exception groups: say it in one line
+        web_problem = _first_of(group, (WebStartError, WebConfigError))
+        if web_problem is not None:
+            raise ConfigError(str(web_problem)) from None
         problem = _first_os_error(group)
         if problem is None:
             raise
@@ -109,6 +115,17 @@ def _run_locked(home: Path, key: nacl.signing.SigningKey, config: NodeConfig, se
             (home / RUNTIME_FILE).unlink()
         except FileNotFoundError:
             pass
+
+
+def _first_of(group: BaseExceptionGroup, kinds: tuple[type[Exception], ...]) -> Exception | None:
+    for exc in group.exceptions:
+        if isinstance(exc, kinds):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_of(exc, kinds)
+            if found is not None:
+                return found
+    return None
 
 
 def _first_os_error(group: BaseExceptionGroup) -> OSError | None:
@@ -123,15 +140,25 @@ def _first_os_error(group: BaseExceptionGroup) -> OSError | None:
 
 
 async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: NodeConfig,
-                seeds: list[Address]) -> None:
+                seeds: list[Address], web: WebOptions | None) -> None:
     node = Node(key, store, config, network=make_network(config.proxy))
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(node.run, seeds)
             sys.stdout.write(f"listening {address}\n")
-            sys.stdout.flush()
             log.info("node %s listening on %s:%s", address, config.listen_host, address.port)
-            nursery.start_soon(_write_status, home, node)
+            extra = {}
+            if web is not None:
+                from .web.app import serve_web  # Starlette, Jinja2 and hypercorn load only when the app runs
+
+                extra["web"] = await nursery.start(serve_web, home, web, node.status, lambda: node.changed)
+                sys.stdout.write(f"web {extra['web']}\n")
+                log.info("web app on %s ('p2pnode web' prints the URL to open)", extra["web"])
+                if web.public:
+                    log.warning("the web app listens on %s, not only on this machine: anyone who gets its "
+                                "token can act as you", web.host)
+            sys.stdout.flush()
+            nursery.start_soon(_write_status, home, node, extra)
             async for signum in signals:
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 break
@@ -139,11 +166,11 @@ async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: 
             nursery.cancel_scope.cancel()
 
 
-async def _write_status(home: Path, node: Node) -> None:
+async def _write_status(home: Path, node: Node, extra: dict[str, str]) -> None:
     failing = False
     while True:
         try:
-            write_runtime_file(home, {"pid": os.getpid(), **node.status()})
+            write_runtime_file(home, {"pid": os.getpid(), **node.status(), **extra})
             if failing:
                 log.info("%s is written again", home / RUNTIME_FILE)
             failing = False

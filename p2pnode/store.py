@@ -17,6 +17,8 @@ from protocol.errors import Blocked, ForkDetected, InvalidEntry, ProtocolError
 from protocol.ids import entry_ref, feed_id
 from protocol.log import (
     CONTACT_TYPES,
+    MAX_SEQ,
+    MAX_TIMESTAMP,
     Entry,
     FeedHead,
     Header,
@@ -30,7 +32,7 @@ from protocol.log import (
     verify_entry,
 )
 
-from .diskspace import explain, is_disk_full
+from .diskspace import home_problem, is_disk_full
 
 log = logging.getLogger("p2pnode.store")
 
@@ -173,7 +175,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             if hasattr(self, "db"):
                 self.db.close()
-            raise StoreError(explain(exc, self.path.parent) or f"cannot open store {self.path}: {exc}") from None
+            raise StoreError(home_problem(exc, self.path.parent) or f"cannot open store {self.path}: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -525,19 +527,34 @@ class Store:
         return self.db.execute("SELECT author, seq FROM entries WHERE payload IS NULL AND retracted = 0 "
                                "ORDER BY id LIMIT ?", (limit,)).fetchall()
 
-    def feed(self, author: bytes, limit: int | None = None) -> list[StoredEntry]:
-        """A feed's entries, newest first."""
-        return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author = ? ORDER BY seq DESC LIMIT ?",
-                          (author, -1 if limit is None else limit))
+    def feed(self, author: bytes, limit: int | None = None, before_seq: int | None = None) -> list[StoredEntry]:
+        """A feed's entries, newest first; with `before_seq`, only those below that seq (keyset paging)."""
+        return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author = ? AND seq < ? "
+                          "ORDER BY seq DESC LIMIT ?",
+                          (author, MAX_SEQ + 1 if before_seq is None else before_seq, -1 if limit is None else limit))
 
-    def timeline(self, limit: int | None = None) -> list[StoredEntry]:
-        """The owner's entries and those of the feeds the owner follows, newest first, blocked feeds left out."""
+    def timeline(self, limit: int | None = None, before: tuple[int, int] | None = None) -> list[StoredEntry]:
+        """The owner's entries and those of the feeds the owner follows, newest first, blocked feeds left out.
+        `before` (timestamp, row id) pages by keyset on the timestamp index: only entries older than it.
+        `+author` keeps SQLite on the timestamp index (newest first, stop at the limit) instead of fetching
+        every entry of every followed feed and sorting them (100,000 entries: a web page in 4-10 ms, not 89 ms)."""
+        ts, row_id = before if before is not None else (MAX_TIMESTAMP + 1, 0)
         return self._rows(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author IN "
-            "(SELECT ? UNION SELECT target FROM contacts WHERE author = ? AND following = 1 "
-            " EXCEPT SELECT target FROM contacts WHERE author = ? AND blocking = 1) "
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE +author IN ({_TIMELINE_AUTHORS}) "
+            "AND timestamp <= ? AND (timestamp < ? OR id < ?) "
             "ORDER BY timestamp DESC, id DESC LIMIT ?",
-            (self.owner, self.owner, self.owner, -1 if limit is None else limit))
+            (self.owner, self.owner, self.owner, ts, ts, row_id, -1 if limit is None else limit))
+
+    def timeline_after(self, row_id: int, limit: int) -> list[StoredEntry]:
+        """Timeline entries stored after row id `row_id`, in the order they were stored (live updates)."""
+        return self._rows(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id > ? AND +author IN ({_TIMELINE_AUTHORS}) "
+            "ORDER BY id LIMIT ?", (row_id, self.owner, self.owner, self.owner, limit))
+
+    def feed_after(self, author: bytes, row_id: int, limit: int) -> list[StoredEntry]:
+        """One feed's entries stored after row id `row_id`, in the order they were stored."""
+        return self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id > ? AND author = ? ORDER BY id LIMIT ?",
+                          (row_id, author, limit))
 
     def entry_by_hash(self, entry_hash_: bytes) -> StoredEntry | None:
         rows = self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE hash = ?", (entry_hash_,))
@@ -586,6 +603,21 @@ class Store:
     def profile_name(self, author: bytes) -> str | None:
         row = self.db.execute("SELECT name FROM profiles WHERE author = ?", (author,)).fetchone()
         return row[0] if row else None
+
+    def profile(self, author: bytes) -> tuple[str, str | None] | None:
+        """(name, about) from a feed's latest profile entry, or None."""
+        row = self.db.execute("SELECT name, about FROM profiles WHERE author = ?", (author,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def profile_names(self, authors: Iterable[bytes]) -> dict[bytes, str]:
+        """Display names of many feeds in one query (those without a profile are left out)."""
+        wanted = list(set(authors))
+        names: dict[bytes, str] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            names.update(self.db.execute(f"SELECT author, name FROM profiles WHERE author IN "
+                                         f"({', '.join('?' * len(chunk))})", chunk))
+        return names
 
     def forked_feeds(self) -> list[bytes]:
         return [r[0] for r in self.db.execute("SELECT author FROM feeds WHERE forked = 1 ORDER BY author")]
@@ -752,6 +784,9 @@ class Store:
 
 
 _ENTRY_COLUMNS = "id, header, signature, payload, hash, retracted"
+# the owner, and the feeds the owner follows, less those it blocks (three parameters: the owner each time)
+_TIMELINE_AUTHORS = ("SELECT ? UNION SELECT target FROM contacts WHERE author = ? AND following = 1 "
+                     "EXCEPT SELECT target FROM contacts WHERE author = ? AND blocking = 1")
 
 
 def _stored(row: tuple[Any, ...]) -> StoredEntry:

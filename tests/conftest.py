@@ -39,6 +39,7 @@ def cli_env(home: Path) -> dict[str, str]:
     env["HOME"] = str(home.parent)
     env["XDG_DATA_HOME"] = str(home.parent / "xdg-data")
     env["PYTHONUTF8"] = "1"
+    env["P2PNODE_WEB"] = "off"  # nodes in tests serve no web app unless a test asks (--web 127.0.0.1:0)
     env.pop("PYTHONWARNINGS", None)
     return env
 
