@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sqlite3
 import sys
@@ -19,15 +20,18 @@ from click.core import ParameterSource
 from p2pnode import backup, mutes, present, statusview
 from p2pnode import seeds as seedbook
 from p2pnode.config import ConfigFileError, merge_config
+from p2pnode.diskspace import DEFAULT_MIN_FREE, parse_size
 from p2pnode.home import ONION_KEY_FILE, HomeError, default_home, load_identity
 from p2pnode.local import (
     Local,
     UserError,
     check_text,
+    damage_note,
     explain,
     identity_id,
     init_home,
     open_home,
+    repair_payloads,
     runtime_info,
     view,
 )
@@ -113,7 +117,9 @@ def user_errors() -> Iterator[None]:
     except (HomeError, StoreError, UserError, ConfigFileError, seedbook.SeedError, ProxySettingError) as exc:
         raise click.ClickException(str(exc)) from None
     except (ProtocolError, OSError, sqlite3.Error) as exc:
-        raise click.ClickException(explain(exc) or str(exc)) from None
+        ctx = click.get_current_context(silent=True)
+        home = ctx.obj["home"] if ctx is not None and ctx.obj else None
+        raise click.ClickException(explain(exc, home, ctx.info_name if ctx else None) or str(exc)) from None
 
 
 @contextmanager
@@ -135,18 +141,28 @@ def print_entries(items: Iterable[StoredEntry], node: Local, as_json: bool, full
                   page: bool = True, thread: bool = False) -> int:
     """Entries as JSON lines, or as safe text through the pager on a terminal; how many were printed."""
     count = 0
+    damaged: list[StoredEntry] = []
+
+    def noting_damage(entries: Iterable[StoredEntry]) -> Iterator[StoredEntry]:
+        for stored in entries:
+            if getattr(stored, "damaged", False):
+                damaged.append(stored)
+            yield stored
+
     if as_json:
-        for stored in items:
+        for stored in noting_damage(items):
             emit(view(stored, node.store))
             count += 1
-        return count
-    names = present.Names(node.store, full)
-    width = terminal_width()
-    with output(page) as write:
-        for shown in present.render_entries(items, names):
-            for line in entry_lines(shown, width):
-                write(line)
-            count += 1
+    else:
+        names = present.Names(node.store, full)
+        width = terminal_width()
+        with output(page) as write:
+            for shown in present.render_entries(noting_damage(items), names):
+                for line in entry_lines(shown, width):
+                    write(line)
+                count += 1
+    for stored in damaged:
+        click.echo(f"Warning: {damage_note(view(stored, node.store))}", err=True)
     return count
 
 
@@ -224,6 +240,7 @@ def main(ctx: click.Context, home: Path | None, as_json: bool) -> None:
 
     Start with 'p2pnode init', then back up your identity with 'p2pnode export-key'."""
     ctx.obj = {"home": home if home is not None else default_home(), "json": as_json}
+    logging.getLogger("p2pnode").addHandler(logging.NullHandler())  # commands print their own lines
 
 
 @main.command()
@@ -508,28 +525,47 @@ def thread(ctx: click.Context, target: str, full: bool, no_pager: bool, as_json:
 
 
 @main.command()
+@click.option("--repair", is_flag=True,
+              help="Drop payloads damaged on disk, and wait for the running node to fetch them again from peers.")
+@click.option("--wait", type=click.FloatRange(0, 3600), default=60.0, show_default=True, metavar="SECONDS",
+              help="With --repair: how long to wait for the running node.")
 @JSON_OPTION
 @click.pass_context
-def check(ctx: click.Context, as_json: bool) -> None:
+def check(ctx: click.Context, repair: bool, wait: float, as_json: bool) -> None:
     """Re-verify every stored entry: headers, signatures, chain links and payload hashes. Exits 1 when this
     store is damaged; forks of other authors held with their proof are reported and exit 0. On a terminal, a
-    progress bar shows how far it is."""
+    progress bar shows how far it is. --repair drops payloads damaged on disk and waits for the running node
+    to fetch them again."""
+    repaired: list[Any] = []
+    missing: list[Any] = []
     with local(ctx) as node:
+        if repair:
+            repaired, missing = repair_payloads(node, wait)
         with statusview.check_progress(not as_json) as progress:
-            problems = node.store.check(progress)
-    for problem in problems:
-        item = {"feed": feed_id(problem.author), "seq": problem.seq, "problem": problem.what, "kind": problem.kind}
+            problems = [{"feed": feed_id(p.author), "seq": p.seq, "problem": p.what, "kind": p.kind}
+                        for p in node.store.check(progress)]
+        running = bool(runtime_info(node.home))
+    lost = (f"no peer sent it again within {wait:g} s" if running
+            else "start 'p2pnode run' to fetch it again from peers")
+    problems += [{"feed": feed_id(h.author), "seq": h.seq, "problem": f"payload damaged on disk and dropped; {lost}",
+                  "kind": "corrupt"} for h in missing]
+    for header in repaired:
+        item = {"feed": feed_id(header.author), "seq": header.seq,
+                "repaired": "payload damaged on disk, fetched again from a peer"}
+        emit(item) if as_json else click.echo(f"{item['feed']} seq {item['seq']}: {item['repaired']}")
+    for item in problems:
         if as_json:
             emit(item)
         else:
-            note = " (evidence about another author, not damage)" if problem.kind == "evidence" else ""
+            note = " (evidence about another author, not damage)" if item["kind"] == "evidence" else ""
             click.echo(f"{item['feed']} seq {item['seq']}: {terminal_text(item['problem'])}{note}")
-    if any(p.kind == "corrupt" for p in problems):  # a stranger's fork with its proof is not damage
+    if any(item["kind"] == "corrupt" for item in problems):  # a stranger's fork with its proof is not damage
         raise SystemExit(1)
+    done = "ok: every stored entry verifies" + (" (after the repairs above)" if repaired else "")
     if as_json:
-        say("ok: every stored entry verifies")
+        say(done)
     else:
-        click.echo("ok: every stored entry verifies")
+        click.echo(done)
 
 
 @main.command()
@@ -608,6 +644,8 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
 @click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
+@click.option("--min-free", default=f"{DEFAULT_MIN_FREE >> 20}M", show_default=True, metavar="SIZE",
+              help="Stop storing what peers send while the disk holding the home has less free (e.g. 300M, 1G, 0).")
 @click.option("--web", "web_option", default=DEFAULT_WEB, show_default=True, envvar="P2PNODE_WEB",
               metavar="HOST:PORT|off", help="Where to serve your web app (env P2PNODE_WEB); 'off' serves none.")
 @click.option("--web-public", is_flag=True, help="Allow --web on a non-loopback address (anyone with the token "
@@ -632,11 +670,15 @@ def run(ctx: click.Context, **params: Any) -> None:
             raise UserError(str(exc)) from None
         if runtime_info(home):
             raise UserError(f"a node is already running on {home}")
+        try:
+            floor = parse_size(settings["min_free"])
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         config = NodeConfig(listen_host=host, listen_port=port, advertise_host=settings["advertise"],
                             hops=settings["hops"], relay=settings["relay"], lan_discovery=not settings["no_lan"],
                             proxy=settings["proxy"], upnp=not settings["no_upnp"],
                             tor_control=settings["tor_control"], onion_key_file=str(home / ONION_KEY_FILE),
-                            keep_distant=settings["keep_distant"])
+                            keep_distant=settings["keep_distant"], min_free=floor)
         make_network(config.proxy)  # a bad --proxy is a one-line error before anything starts
         try:
             run_node(home, config, seeds, web)

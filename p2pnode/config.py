@@ -24,6 +24,7 @@ SETTINGS: dict[str, tuple[str, type | tuple[type, ...], str]] = {
     "proxy": ("proxy", str, "a string socks5://HOST:PORT"),
     "no-upnp": ("no_upnp", bool, "true or false"),
     "tor-control": ("tor_control", int, "a port number"),
+    "min-free": ("min_free", str, "a size string such as \"300M\", \"1G\" or \"0\""),
     "web": ("web_option", str, "a string HOST:PORT or \"off\""),
     "web-public": ("web_public", bool, "true or false"),
 }

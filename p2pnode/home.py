@@ -47,11 +47,15 @@ def create_identity(home: Path, seed: bytes | None = None) -> nacl.signing.Signi
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise HomeError(f"{home} already has an identity; refusing to overwrite it") from None
-    with os.fdopen(fd, "w") as handle:
-        json.dump(document, handle)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        path.unlink(missing_ok=True)  # a half-written key (a full disk) must not pass for an identity
+        raise
     return key
 
 

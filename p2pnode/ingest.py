@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import TYPE_CHECKING
 
 import trio
@@ -42,8 +43,17 @@ class Ingest:
         node.stats.entries_in += len(entries)
         remaining = entries
         while remaining:
-            starts = {f: set(s) for f, s in node.replicator.starts.items()}
-            result: IngestResult = await node.db.write(Store.ingest_verified, remaining, starts)
+            if not node.disk.may_store():  # a full disk: dropped (p2pnode/diskspace.py says how they come back)
+                node.disk.drop(session, len(remaining))
+                break
+            try:
+                starts = {f: set(s) for f, s in node.replicator.starts.items()}
+                result: IngestResult = await node.db.write(Store.ingest_verified, remaining, starts)
+            except sqlite3.OperationalError as exc:
+                if not node.disk.failed(exc):
+                    raise
+                node.disk.drop(session, len(remaining))
+                break
             processed = len(result.stored) + result.duplicates
             node.stats.duplicates_in += result.duplicates
             held = remaining[:processed]

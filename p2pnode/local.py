@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ import nacl.signing
 
 from protocol.errors import InvalidEntry, InvalidId, ProtocolError
 from protocol.ids import entry_ref, feed_id
+from protocol.log import Header
 
+from .diskspace import home_problem
 from .home import RUNTIME_FILE, SECRET_FILE, STORE_FILE, HomeError, create_identity, load_identity, node_running
 from .store import Store, StoredEntry, StoreError
 
@@ -120,9 +123,32 @@ def runtime_info(home: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
-def explain(exc: BaseException) -> str | None:
+def damage_note(item: dict[str, Any]) -> str:
+    """The line that reports an entry whose payload was found damaged on disk."""
+    return (f"entry {item['hash']} is damaged on disk: its payload does not match its hash, so it is not shown; "
+            "a running node fetches it again from peers ('p2pnode check --repair' checks every payload)")
+
+
+def repair_payloads(node: Local, wait: float) -> tuple[list[Header], list[Header]]:
+    """Drop every payload that does not match its header; when a node runs on this home, wait up to `wait`
+    seconds for it to fetch them again from its peers. (repaired, still missing) headers."""
+    dropped = node.store.drop_damaged_payloads()
+    missing = list(dropped)
+    if missing and runtime_info(node.home):
+        deadline = time.monotonic() + wait
+        while missing and time.monotonic() < deadline:
+            time.sleep(0.2)
+            missing = [h for h in missing if not node.store.payload_held(h.author, h.seq)]
+    return [h for h in dropped if h not in missing], missing
+
+
+def explain(exc: BaseException, home: Path | None = None, command: str | None = None) -> str | None:
     """The one line a user is shown for an error that is theirs or the input's (the CLI prints it, the web
-    app shows it on the page); None for anything else, which is a bug."""
+    app shows it on the page); None for anything else, which is a bug. With the `home`, a failure to use it
+    names its cause (a full disk, a read-only filesystem, missing permissions: p2pnode/diskspace.py)."""
+    cause = home_problem(exc, home) if home is not None else None
+    if cause is not None:
+        return cause
     if isinstance(exc, HomeError | StoreError | UserError):
         return str(exc)
     if isinstance(exc, InvalidId):
@@ -132,6 +158,9 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
     if isinstance(exc, sqlite3.Error):
+        if command == "check":  # telling the user to run check would send them round in a circle
+            return (f"the store cannot be read ({exc}): it is damaged; restore it from a backup, or move it away "
+                    "and run 'p2pnode run' to fetch your feed back from your peers")
         return f"the store could not be read or written ({exc}); if it is damaged, 'p2pnode check' tells more"
     return None
 
@@ -163,6 +192,8 @@ def view(stored: StoredEntry, store: Store | None = None) -> dict[str, Any]:
     if content is None:
         result["retracted"] = stored.retracted
         result["payload_held"] = False
+        if stored.damaged:
+            result["damaged"] = True
         return result
     for key, value in content.items():
         if key == "feed":

@@ -26,12 +26,14 @@ from protocol.log import Entry
 from protocol.replication import NEWEST_FIRST, STALL_TIMEOUT, SWITCH_DELAY, Replicator
 
 from .admission import Admission, AdmissionLimits, Budget
+from .diskspace import DEFAULT_MIN_FREE, DiskWatch
 from .ingest import Ingest
 from .network import Network, TcpNetwork
 from .peerbook import PeerBook, PeerBookLimits
 from .peers import Peers
 from .reach import Reach
 from .relaypolicy import RelayLimits, RelayPolicy
+from .repair import Repairer
 from .session import PeerGone, Session
 from .store import IngestResult, Store
 from .storeio import StoreRunner
@@ -106,6 +108,7 @@ class NodeConfig:
     # feed names a peer may send in want/have/stream/backfill: per second, and at once (beyond: we read slower)
     request_rate: float = 20_000.0
     request_burst: float = 200_000.0
+    min_free: int = DEFAULT_MIN_FREE  # below this much free disk space the node stores nothing peers send
     newest_first: int = NEWEST_FIRST  # a new feed longer than this starts with its newest entries (0: oldest first)
     keep_distant: int = 0  # > 0: keep feeds at hop 2 and beyond to their latest N entries
 
@@ -143,6 +146,8 @@ class Node:
         self.relay_policy = RelayPolicy(self.config.relay_limits)  # relay quotas: p2pnode/relaypolicy.py
         self.reach = Reach(self)  # own address, reachability, LAN discovery, UPnP, onion service
         self.verifier = Verifier(0)
+        self.repair = Repairer(self)  # payloads damaged or missing: fetched again (p2pnode/repair.py)
+        self.disk = DiskWatch(store.path.parent, self.config.min_free, store)  # a full disk (p2pnode/diskspace.py)
         self.by_handle: dict[int, Session] = {}
         self.wanted: set[bytes] = set()
         self.blocked: set[bytes] = set()
@@ -198,6 +203,8 @@ class Node:
             nursery.start_soon(self._survive, self._interest_loop)
             nursery.start_soon(self._survive, self._tick_loop)
             nursery.start_soon(self.admission.reap)
+            nursery.start_soon(self._survive, self.repair.run)
+            nursery.start_soon(self.disk.run)
             task_status.started(self.address)
 
     async def stop(self) -> None:
@@ -229,7 +236,8 @@ class Node:
             try:
                 await loop()
             except sqlite3.OperationalError as exc:
-                log.warning("store busy in %s (%s); trying again", loop.__name__, exc)
+                if not self.disk.failed(exc):
+                    log.warning("store busy in %s (%s); trying again", loop.__name__, exc)
                 await trio.sleep(1.0)
 
     # ------------------------------------------------------------ publishing and local changes
@@ -308,6 +316,7 @@ class Node:
     def status(self) -> dict[str, Any]:
         progress = self.replicator.progress()
         return {
+            **self.disk.status(),
             "address": str(self.address) if self.address else None,
             "peers": [{
                 "id": feed_id(s.key),

@@ -225,7 +225,9 @@ def render_entry(stored: StoredEntry, names: Names, now: datetime | None = None,
     kind = item["type"]
     body: list[str] = []
     if kind is None:
-        body = ["[retracted]" if item.get("retracted") else "[payload not held]"]
+        body = ["[retracted]" if item.get("retracted") else
+                "[payload damaged on disk: not shown; fetched again from peers]" if item.get("damaged") else
+                "[payload not held]"]
     elif kind == "post":
         if "reply_to" in item:
             body.append(reply_line(store, names, parse_entry_ref(item["reply_to"])))

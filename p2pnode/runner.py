@@ -19,6 +19,7 @@ import trio
 from protocol.errors import ProtocolError
 from protocol.ids import Address, parse_address
 
+from .diskspace import is_disk_full
 from .home import LOCK_FILE, RUNTIME_FILE, SEEDS_FILE, STORE_FILE, load_identity
 from .logtext import SafeFormatter
 from .node import Node, NodeConfig
@@ -170,18 +171,48 @@ async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: 
 
 
 async def _write_status(home: Path, node: Node, extra: dict[str, str], progress: SyncProgress) -> None:
-    path = home / RUNTIME_FILE
-    tmp = home / (RUNTIME_FILE + ".tmp")
+    failing = False
     while True:
         data = {"pid": os.getpid(), **node.status(), **extra}
         behind = progress.peers()
         for peer in data.get("peers", []):
             peer.update(behind.get(peer["id"], {}))
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        try:
+            write_runtime_file(home, data)
+            if failing:
+                log.info("%s is written again", home / RUNTIME_FILE)
+            failing = False
+        except OSError as exc:  # a full or failing disk: status goes stale, the node goes on
+            if not failing:
+                log.warning("cannot write %s (%s); `status` may be out of date until it can", home / RUNTIME_FILE,
+                            exc.strerror or exc)
+            failing = True
         with trio.move_on_after(STATUS_INTERVAL):
             await node.changed.wait()
         await trio.sleep(0.05)  # coalesce bursts of changes
+
+
+RUNTIME_BLOCK = 4096
+
+
+def write_runtime_file(home: Path, data: dict[str, object]) -> None:
+    """Write node.json through a temporary file and a rename, padded with spaces (still valid JSON) to a
+    multiple of 4 KiB. When the disk is full and the temporary file cannot be written, overwrite node.json in
+    place instead: content of the same padded size fits in the blocks it already has, so that `status` can
+    still say that the disk is full."""
+    text = json.dumps(data)
+    text += " " * (-len(text) % RUNTIME_BLOCK)
+    path = home / RUNTIME_FILE
+    tmp = home / (RUNTIME_FILE + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if not is_disk_full(exc) or not path.exists() or path.stat().st_size != len(text):
+            raise
+        with open(path, "r+") as handle:
+            handle.write(text)
 
 
 def setup_logging(level: str) -> None:

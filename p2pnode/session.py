@@ -227,6 +227,10 @@ class Session:
             if past is not None:  # the new first, the past behind it
                 await self._send_past(*past)
                 continue
+            repair = await node.repair.next_message(self)  # fetches, and answers to the peer's (repair.py)
+            if repair is not None:
+                await self._send(repair)
+                continue
             await self.wake.wait()
             self.wake = trio.Event()
 
@@ -308,6 +312,8 @@ class Session:
             await self._feed_request(message)
         elif isinstance(message, wire.Entries):
             await self.to_verify.send(message)  # waits only for our own pipeline: backpressure on the peer
+        elif isinstance(message, wire.Fetch):
+            node.repair.on_fetch(self, message)
         elif isinstance(message, wire.Peers):
             await node.peer_book.learn(node.db, message.addresses, self.key)  # caps: p2pnode/peerbook.py
         elif isinstance(message, wire.Ping):

@@ -41,7 +41,8 @@ def status_data(node: Local) -> dict[str, Any]:
     data["running"] = bool(running)
     if running:
         data.update({k: running[k] for k in ("address", "web", "addresses", "reachability", "port_mapping",
-                                             "onion", "peers", "syncing", "dial_problems") if k in running})
+                                             "onion", "storing", "disk_full", "peers", "syncing",
+                                             "dial_problems") if k in running})
     data["muting"] = len(muted(node.home))
     return data
 
@@ -84,6 +85,8 @@ def status_lines(data: dict[str, Any], names: Names) -> list[str]:
         lines.append(f"name: {names.feed(own)}")
     lines.append(f"running: {'yes, at ' + str(data.get('address')) if data['running'] else 'no'}")
     lines.extend(terminal_text(line) for line in _reach_lines(data))
+    if data.get("disk_full"):
+        lines.append(f"disk full: {data['disk_full']}; not storing what peers send until there is space again")
     lines.append(f"feeds: {data['feeds']:,}")
     lines.append(f"entries: {data['entries']:,}")
     lines.append(f"following: {data['following']:,}  blocking: {data['blocking']:,}  muting: {data['muting']:,}")

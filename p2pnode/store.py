@@ -3,6 +3,7 @@
 # short transactions called inline (spec/decisions.md says why not aiosqlite, and why not a thread).
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -20,14 +21,20 @@ from protocol.log import (
     MAX_TIMESTAMP,
     Entry,
     FeedHead,
+    Header,
     check_link,
     create_entry,
     decode_header,
     decode_payload,
     entry_hash,
+    payload_matches,
     sha256,
     verify_entry,
 )
+
+from .diskspace import home_problem, is_disk_full
+
+log = logging.getLogger("p2pnode.store")
 
 # Each migration is applied once, in its own transaction, and recorded in schema_migrations.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -132,6 +139,7 @@ class StoredEntry:
     id: int
     entry: Entry
     retracted: bool
+    damaged: bool = False  # the payload on disk did not match its header: it is treated as not held
 
     @property
     def content(self) -> dict[str, Any] | None:
@@ -158,6 +166,10 @@ class Store:
     def __init__(self, path: Path | str, owner: bytes) -> None:
         self.path = Path(path)
         self.owner = owner
+        # set when an entry is stored without its payload or a payload is found damaged: the node's repair
+        # loop (p2pnode/repair.py) then looks for missing payloads again
+        self.missing_changed = False
+        self.full_error: sqlite3.Error | None = None  # the last write skipped for lack of space (see _peer_write)
         try:
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_S,
                                       check_same_thread=False)
@@ -165,7 +177,9 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+            if hasattr(self, "db"):
+                self.db.close()
+            raise StoreError(home_problem(exc, self.path.parent) or f"cannot open store {self.path}: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -193,7 +207,9 @@ class Store:
                 self.db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, _now_ms()))
         newest = self.db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
         if newest > MIGRATIONS[-1][0]:
-            raise StoreError(f"store {self.path} has schema version {newest}, newer than this p2pnode knows")
+            raise StoreError(f"store {self.path} was written by a newer version of p2pnode (schema version {newest}; "
+                             f"this one knows up to {MIGRATIONS[-1][0]}): run that version or a newer one; this one "
+                             "leaves the store untouched")
 
     def schema_versions(self) -> list[int]:
         return [row[0] for row in self.db.execute("SELECT version FROM schema_migrations ORDER BY version")]
@@ -315,8 +331,9 @@ class Store:
         row_id, stored_hash, stored_payload, retracted, header_a, signature_a = row
         if stored_hash == entry.hash:
             result.duplicates += 1
-            if stored_payload is None and not retracted and entry.payload is not None:
-                self._set_payload(row_id, entry)
+            if (entry.payload is not None and not retracted
+                    and (stored_payload is None or not payload_matches(entry.header_bytes, stored_payload))):
+                self._set_payload(row_id, entry)  # a missing payload, or one damaged on disk, comes back
             return
         self.db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (entry.author, entry.seq, header_a, signature_a, entry.header_bytes,
@@ -344,6 +361,8 @@ class Store:
             (entry.author, entry.seq, entry.hash, entry.header_bytes, entry.signature, entry.payload, kind,
              entry.header.timestamp))
         result.stored.append(entry)
+        if entry.payload is None:
+            self.missing_changed = True
         if content is not None:
             self._apply(cursor.lastrowid, entry, content, result)
 
@@ -351,6 +370,7 @@ class Store:
         content = entry.content() or {}
         self.db.execute("UPDATE entries SET payload = ?, type = ? WHERE id = ?",
                         (entry.payload, content.get("type"), row_id))
+        self.missing_changed = True
         self._apply(row_id, entry, content, IngestResult())
 
     def _apply(self, row_id: int | None, entry: Entry, content: dict[str, Any], result: IngestResult) -> None:
@@ -440,7 +460,10 @@ class Store:
         return result
 
     def _rows(self, sql: str, params: Sequence[Any]) -> list[StoredEntry]:
-        return [_stored(row) for row in self.db.execute(sql, params)]
+        rows = [_stored(row) for row in self.db.execute(sql, params)]
+        if any(r.damaged for r in rows):
+            self.payloads_damaged([(r.id, r.entry.header) for r in rows if r.damaged])
+        return rows
 
     def lows(self) -> dict[bytes, int]:
         """Partial feeds -> the lowest seq held (the entries from it to the head have no gap)."""
@@ -448,9 +471,9 @@ class Store:
 
     def raw_entries_before(self, author: bytes, seq: int, limit: int) -> list[tuple[int, bytes, bytes, bytes | None]]:
         """Like raw_entries_after, for the `limit` entries just below `seq`, in increasing seq order."""
-        rows = self.db.execute("SELECT seq, header, signature, payload FROM entries WHERE author = ? AND seq < ? "
+        rows = self.db.execute("SELECT seq, header, signature, payload, id FROM entries WHERE author = ? AND seq < ? "
                                "ORDER BY seq DESC LIMIT ?", (author, seq, limit)).fetchall()
-        return rows[::-1]
+        return self._checked_rows(rows[::-1])
 
     def keep_latest(self, feeds: Iterable[bytes], keep: int) -> dict[bytes, int]:
         """Drop all but the latest `keep` entries of these feeds (partial feeds at hop 2 and beyond); their
@@ -469,9 +492,56 @@ class Store:
 
     def raw_entries_after(self, author: bytes, seq: int, limit: int) -> list[tuple[int, bytes, bytes, bytes | None]]:
         """(seq, header, signature, payload) of one feed's entries with seq > `seq`, in order: what a node
-        sends, with no decoding."""
-        return self.db.execute("SELECT seq, header, signature, payload FROM entries WHERE author = ? AND seq > ? "
+        sends. A payload that does not match its header (damaged on disk) is sent as nil, never as it is."""
+        rows = self.db.execute("SELECT seq, header, signature, payload, id FROM entries WHERE author = ? AND seq > ? "
                                "ORDER BY seq LIMIT ?", (author, seq, limit)).fetchall()
+        return self._checked_rows(rows)
+
+    def _checked_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[int, bytes, bytes, bytes | None]]:
+        """(seq, header, signature, payload) of rows read with their ids, a damaged payload replaced by nil."""
+        result = []
+        damaged = []
+        for seq_, header, signature, payload, row_id in rows:
+            if payload is not None and not payload_matches(header, payload):
+                damaged.append((row_id, decode_header(header)))
+                payload = None
+            result.append((seq_, header, signature, payload))
+        if damaged:
+            self.payloads_damaged(damaged)
+        return result
+
+    def entries_at(self, refs: Iterable[tuple[bytes, int]]) -> list[tuple[bytes, bytes, bytes | None]]:
+        """(header, signature, payload or nil) of the entries named by (feed, seq), those held, in the order
+        given; a damaged payload is nil, as in raw_entries_after."""
+        result = []
+        for author, seq in refs:
+            rows = self.raw_entries_after(author, seq - 1, 1)
+            if rows and rows[0][0] == seq:
+                result.append(rows[0][1:])
+        return result
+
+    def payloads_damaged(self, damaged: list[tuple[int, Header]]) -> None:
+        """Payloads (row id, header) found not to match their headers: report each (log and `on_damage`) and
+        drop them, so that they count as missing and come back from peers (spec/replication.md, "Repair").
+        Dropping is best effort: a store that cannot be written (read-only, full) keeps the bad bytes, which
+        are checked again on every read and never shown or sent."""
+        for _, header in damaged:
+            log.warning("entry %s is damaged on disk: its payload does not match its hash; it is fetched again "
+                        "from peers", entry_ref(entry_hash(header.encode())))
+        try:
+            with self._write():
+                for row_id, header in damaged:
+                    self.db.execute("UPDATE entries SET payload = NULL WHERE id = ? AND author = ? AND seq = ?",
+                                    (row_id, header.author, header.seq))
+        except sqlite3.OperationalError as exc:
+            log.warning("could not drop the damaged payloads: %s", exc)
+        self.missing_changed = True
+
+    def missing_payloads(self, limit: int) -> list[tuple[bytes, int]]:
+        """(feed, seq) of entries held without their payload that were not retracted (received without it,
+        or dropped as damaged): what the node asks peers for. Oldest first."""
+        return self.db.execute("SELECT author, seq FROM entries WHERE payload IS NULL AND retracted = 0 "
+                               "ORDER BY id LIMIT ?", (limit,)).fetchall()
 
     def feed(self, author: bytes, limit: int | None = None, before_seq: int | None = None) -> list[StoredEntry]:
         """A feed's entries, newest first; with `before_seq`, only those below that seq (keyset paging)."""
@@ -594,15 +664,25 @@ class Store:
         return {"feeds": feeds, "entries": entries}
 
     # ------------------------------------------------------------ peer book
+    # Bookkeeping of addresses is best effort: on a full disk it is skipped (and `full_error` says why),
+    # so that the node keeps its connections and keeps dialling.
+
+    def _peer_write(self, sql: str, params: Sequence[Any]) -> int:
+        try:
+            with self._write():
+                return self.db.execute(sql, params).rowcount
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.full_error = exc
+            return 0
 
     def add_peer(self, address: str, key: bytes, source: str) -> bool:
         """Remember an address (seed, peer exchange, hello); True when it was new. Seeds stay seeds."""
-        with self._write():
-            cursor = self.db.execute(
-                "INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(address) DO UPDATE SET source = 'seed' WHERE excluded.source = 'seed'",
-                (address, key, source, _now_ms()))
-            return cursor.rowcount > 0
+        return self._peer_write(
+            "INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(address) DO UPDATE SET source = 'seed' WHERE excluded.source = 'seed'",
+            (address, key, source, _now_ms())) > 0
 
     def add_learned_peers(self, peers: list[tuple[str, bytes]], source: str,
                           max_learned: int) -> tuple[list[str], list[str]]:
@@ -651,15 +731,13 @@ class Store:
             return self.db.execute("DELETE FROM peers WHERE address = ?", (address,)).rowcount > 0
 
     def peer_connected(self, address: str) -> None:
-        with self._write():
-            now = _now_ms()
-            self.db.execute("UPDATE peers SET last_seen = ?, last_attempt = ? WHERE address = ?", (now, now, address))
+        now = _now_ms()
+        self._peer_write("UPDATE peers SET last_seen = ?, last_attempt = ? WHERE address = ?", (now, now, address))
 
     def peer_attempted(self, address: str, next_attempt_ms: int, failed: bool) -> None:
-        with self._write():
-            self.db.execute("UPDATE peers SET last_attempt = ?, next_attempt = ?, "
-                            "failures = CASE WHEN ? THEN failures + 1 ELSE 0 END WHERE address = ?",
-                            (_now_ms(), next_attempt_ms, failed, address))
+        self._peer_write("UPDATE peers SET last_attempt = ?, next_attempt = ?, "
+                         "failures = CASE WHEN ? THEN failures + 1 ELSE 0 END WHERE address = ?",
+                         (_now_ms(), next_attempt_ms, failed, address))
 
     def peer_failures(self, address: str) -> int:
         row = self.db.execute("SELECT failures FROM peers WHERE address = ?", (address,)).fetchone()
@@ -691,13 +769,10 @@ class Store:
 
     def forget_peers(self, max_failures: int, keep: int) -> int:
         """Forget learned addresses that failed too often, and the oldest beyond `keep`; seeds stay."""
-        with self._write():
-            gone = self.db.execute("DELETE FROM peers WHERE source != 'seed' AND failures >= ?",
-                                   (max_failures,)).rowcount
-            gone += self.db.execute(
-                "DELETE FROM peers WHERE source != 'seed' AND address NOT IN (SELECT address FROM peers "
-                "ORDER BY (source = 'seed') DESC, coalesce(last_seen, 0) DESC, added_at DESC LIMIT ?)",
-                (keep,)).rowcount
+        gone = self._peer_write("DELETE FROM peers WHERE source != 'seed' AND failures >= ?", (max_failures,))
+        gone += self._peer_write(
+            "DELETE FROM peers WHERE source != 'seed' AND address NOT IN (SELECT address FROM peers "
+            "ORDER BY (source = 'seed') DESC, coalesce(last_seen, 0) DESC, added_at DESC LIMIT ?)", (keep,))
         return gone
 
     def authors_since(self, row_id: int) -> tuple[set[bytes], int]:
@@ -707,6 +782,35 @@ class Store:
         return {author for author, _ in rows}, max((last for _, last in rows), default=row_id)
 
     # ------------------------------------------------------------ check
+
+    def drop_damaged_payloads(self) -> list[Header]:
+        """Check every stored payload against its header; drop those that do not match (they then count as
+        missing, and a running node fetches them again from its peers). The headers of the dropped ones."""
+        damaged: list[tuple[int, Header]] = []
+        last = 0
+        while True:
+            rows = self.db.execute("SELECT id, header, payload FROM entries WHERE id > ? AND payload IS NOT NULL "
+                                   "ORDER BY id LIMIT 1000", (last,)).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            for row_id, header, payload in rows:
+                if not payload_matches(header, payload):
+                    try:
+                        damaged.append((row_id, decode_header(header)))
+                    except ProtocolError:
+                        pass  # a damaged header: check() reports it; its payload cannot be judged
+        if damaged:
+            self.payloads_damaged(damaged)
+        return [header for _, header in damaged]
+
+    def payload_held(self, author: bytes, seq: int) -> bool:
+        row = self.db.execute("SELECT payload IS NOT NULL OR retracted FROM entries WHERE author = ? AND seq = ?",
+                              (author, seq)).fetchone()
+        return bool(row and row[0])
+
+    def count_missing_payloads(self) -> int:
+        return self.db.execute("SELECT count(*) FROM entries WHERE payload IS NULL AND retracted = 0").fetchone()[0]
 
     def check(self, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
         """Re-verify every stored header, signature, chain link and payload hash, and list forked feeds.
@@ -751,7 +855,8 @@ class Store:
                     check_link(entry, previous)
                 if payload is not None:
                     if len(payload) != entry.header.payload_size or sha256(payload) != entry.header.payload_hash:
-                        raise InvalidEntry("payload does not match the header's payload hash and size")
+                        raise InvalidEntry("payload does not match the header's payload hash and size: entry "
+                                           f"{entry_ref(entry.hash)} is damaged on disk")
                     decode_payload(payload)
             except ProtocolError as exc:
                 yield Problem(author, seq, exc.message)
@@ -790,9 +895,11 @@ _TIMELINE_AUTHORS = ("SELECT ? UNION SELECT target FROM contacts WHERE author = 
 
 def _stored(row: tuple[Any, ...]) -> StoredEntry:
     row_id, header, signature, payload, hash_, retracted = row
-    # already verified on the way in; decode the header again only to carry its fields
-    entry = Entry(header, signature, payload, decode_header(header), hash_)
-    return StoredEntry(row_id, entry, bool(retracted))
+    # already verified on the way in; decode the header again only to carry its fields, and check the payload
+    # against it: what the disk returns is not trusted to be what was stored
+    damaged = payload is not None and not payload_matches(header, payload)
+    entry = Entry(header, signature, None if damaged else payload, decode_header(header), hash_)
+    return StoredEntry(row_id, entry, bool(retracted), damaged)
 
 
 def _short(author: bytes) -> str:
@@ -809,4 +916,20 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is not None:
+            self._rollback()
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            # a commit that failed (a full disk) may leave the transaction open: end it, or every later
+            # write of this connection would fail with "cannot start a transaction within a transaction"
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolled it back itself

@@ -6,6 +6,7 @@
 # clock, which would then race ahead of the store.
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +28,10 @@ class StoreRunner:
             self.reader = Store(store.path, store.owner)
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
+        # held by the reader thread during each read: a read abandoned by a cancelled caller may still be
+        # running when the node closes the store, and closing a connection under a running query crashes
+        # the process (SIGSEGV, seen when a node was stopped right after a sync)
+        self._reading = threading.Lock()
 
     async def write(self, method: Callable[..., T], *args: Any) -> T:
         """Run a store method on the writer connection. Not abandoned when cancelled: a transaction that
@@ -39,9 +44,14 @@ class StoreRunner:
         """Run a read-only store method on the reader connection; a cancelled caller does not wait for it."""
         if not self.threaded:
             return method(self.reader, *args)
-        return await trio.to_thread.run_sync(method, self.reader, *args, limiter=self._read_limiter,
+        return await trio.to_thread.run_sync(self._read, method, *args, limiter=self._read_limiter,
                                              abandon_on_cancel=True)
+
+    def _read(self, method: Callable[..., T], *args: Any) -> T:
+        with self._reading:
+            return method(self.reader, *args)
 
     def close(self) -> None:
         if self.reader is not self.store:
-            self.reader.close()
+            with self._reading:  # an abandoned read finishes first (reads are short)
+                self.reader.close()

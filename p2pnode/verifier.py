@@ -1,11 +1,17 @@
 # Checks the signatures of received batches in worker processes, so that a node syncing a large feed uses
 # every core: libsodium's Ed25519 verify is most of the cost of ingesting, and threads in one process
 # contend for the GIL between calls. Everything else about an entry is checked in the node's own process.
+# The workers die with the node, whatever kills it (see _worker_init).
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import select
 import signal
+import sys
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -29,7 +35,7 @@ class Verifier:
         if workers > 0:
             # forkserver: never fork the trio process itself, whose threads and sockets a child must not inherit
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
-                                            initializer=_ignore_interrupts)
+                                            initializer=_worker_init, initargs=(os.getpid(),))
 
     def start(self, items: list[Raw]) -> Pending:
         """Hand a batch to the workers now; `await pending.result()` later. Starting the next batch before
@@ -85,9 +91,45 @@ class Pending:
         return verified, error
 
 
-def _ignore_interrupts() -> None:
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _worker_init(node_pid: int) -> None:
+    """Runs first in each worker. A worker must not outlive its node: a SIGKILLed node cannot shut its
+    pool down, and its workers would otherwise sit forever on the pipe of their task queue (they hold its
+    write end themselves). The multiprocessing forkserver and resource tracker stop on their own once the
+    last process holding their pipes, the node and its workers, is gone."""
     # Ctrl-C reaches the whole process group; the node shuts its workers down itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        # the worker's parent is the forkserver: if it dies, so does the worker
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_node, args=(node_pid,), name="watch-node", daemon=True).start()
+
+
+def _watch_node(node_pid: int) -> None:
+    """End this worker as soon as the node process is gone (a pidfd becomes readable when its process
+    exits; where there is none, poll the pid once a second)."""
+    try:
+        pidfd = os.pidfd_open(node_pid)
+    except ProcessLookupError:
+        os._exit(0)  # the node died before this worker started
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+        os._exit(0)
+    while True:
+        try:
+            os.kill(node_pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:
+            pass
+        threading.Event().wait(1.0)
 
 
 def _results(futures: list[Future[int | None]]) -> list[int | None]:

@@ -197,8 +197,12 @@ def _plain(value: Any, depth: int = 0) -> Any:
         if keys != sorted(set(keys)):
             raise InvalidEntry("payload keys must be unique and sorted")
         return {k: _plain(v, depth + 1) for k, v in value}
-    if kind is list:
-        return [_plain(v, depth + 1) for v in value]
+    if kind is list:  # checked in place: the decoder's fresh list is ours, and a copy would double the memory
+        for index, item in enumerate(value):
+            plain = _plain(item, depth + 1)
+            if plain is not item:
+                value[index] = plain
+        return value
     if kind is int and value < 0:
         raise InvalidEntry("payload integers must not be negative")
     if kind not in _LEAF_TYPES:
@@ -297,6 +301,17 @@ def verify_entries(items: list[tuple[bytes, bytes, bytes | None]], *,
     return verified, None
 
 
+def payload_matches(header_bytes: bytes, payload: bytes) -> bool:
+    """Whether `payload` is the one the header commits to (its SHA-256 and size): how a node checks a payload
+    it has stored before showing or sending it (a stored header was verified when it came in)."""
+    try:
+        fields = msgpack.unpackb(header_bytes, raw=False, use_list=True)
+    except Exception:  # msgpack raises many types for malformed input
+        return False
+    return (type(fields) is list and len(fields) == 7 and fields[6] == len(payload)
+            and fields[5] == sha256(payload))
+
+
 def peek_author(header_bytes: bytes) -> bytes | None:
     """The author key where a valid header keeps it (array of 7, version 1, bin 8 of 32 bytes: decode_header
     accepts no other layout), without decoding; None if the bytes do not start that way. For cheap
@@ -347,6 +362,10 @@ def _verify(header_bytes: bytes, signature: bytes, payload: bytes | None, check_
         if sha256(payload) != header.payload_hash:
             raise InvalidEntry("payload does not match the header's payload hash")
         decoded = decode_payload(payload)
+        if decoded["type"] not in PAYLOAD_SCHEMAS:
+            # an unknown type can hold up to 64 KiB of tiny values: keep only the bytes while the entry
+            # waits in a batch, and decode again when it is needed (content())
+            decoded = None
     return Entry(header_bytes, signature, payload, header, entry_hash(header_bytes), decoded)
 
 

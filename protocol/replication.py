@@ -250,6 +250,8 @@ class Replicator:
             return  # nothing we would do with it: not kept, so a peer cannot grow our memory with it
         peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), seq)
         self._seen(feed, seq)
+        if feed in self.low and feed not in self.backfilling:
+            self._ask_past(feed)  # a partial feed whose past nobody sends (the peer asked went away)
         held = self.clock.get(feed, 0)
         if not self.wants(feed) or feed in peer.distrusted or seq <= held:
             return  # a peer is asked to stream only what it holds beyond us; notes bring the rest

@@ -10,6 +10,7 @@ import msgpack
 
 from .errors import ProtocolError, TooLarge
 from .log import KEY_SIZE, MAX_SEQ, Entry
+from .msgcount import within_value_count
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_SIZE = 1_048_576
@@ -19,6 +20,11 @@ MAX_ADDRESSES_PER_MESSAGE = 32
 MAX_ADDRESS_CHARS = 300
 MAX_REASON_CHARS = 500
 MAX_FEATURES = 32
+MAX_REFS_PER_FETCH = 1_000
+# values in one message, counting every container, element, map key and map value (the largest message
+# of this catalogue, a `want` of 10,000 feeds and 10,000 drops, holds 30,010): decoding a message then
+# costs at most a few MiB, whatever its bytes (spec/wire.md, "Limits")
+MAX_MESSAGE_VALUES = 40_000
 MAX_IP_CHARS = 45  # the longest IPv6 text form
 
 
@@ -81,6 +87,14 @@ class Entries:
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """"Send me these entries again, with their payloads": (feed, seq) of entries the sender holds without a
+    usable payload (spec/replication.md, "Repair")."""
+
+    refs: tuple[tuple[bytes, int], ...]
+
+
+@dataclass(frozen=True)
 class Peers:
     addresses: tuple[str, ...]
 
@@ -123,7 +137,7 @@ class UnknownMessage:
     type: str
 
 
-Message = (Hello | Want | Have | Stream | Backfill | Entries | Peers | Ping | Pong | Close | Check | Checked
+Message = (Hello | Want | Have | Stream | Backfill | Entries | Fetch | Peers | Ping | Pong | Close | Check | Checked
            | UnknownMessage)
 
 
@@ -157,6 +171,8 @@ def _to_map(message: Message) -> dict[str, Any]:
         return {"type": "backfill", "feeds": message.feeds}
     if isinstance(message, Entries):
         return {"type": "entries", "entries": [list(item) for item in message.raw]}
+    if isinstance(message, Fetch):
+        return {"type": "fetch", "entries": [[author, seq] for author, seq in message.refs]}
     if isinstance(message, Peers):
         return {"type": "peers", "addresses": list(message.addresses)}
     if isinstance(message, Ping):
@@ -176,8 +192,12 @@ def decode(data: bytes) -> Message:
     """Strictly decode one received message; raises WireError (or TooLarge) naming what is wrong."""
     if len(data) > MAX_MESSAGE_SIZE:
         raise TooLarge(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    if not within_value_count(data, MAX_MESSAGE_VALUES):
+        raise TooLarge(f"message holds more than {MAX_MESSAGE_VALUES} values")
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
+                              max_str_len=MAX_MESSAGE_SIZE, max_bin_len=MAX_MESSAGE_SIZE, max_ext_len=MAX_MESSAGE_SIZE,
+                              max_array_len=MAX_MESSAGE_VALUES, max_map_len=MAX_MESSAGE_VALUES // 2)
     except Exception as exc:  # msgpack raises many types for malformed input
         raise WireError(f"message is not valid msgpack ({type(exc).__name__})") from None
     if type(obj) is not dict:
@@ -278,6 +298,19 @@ def _entries(obj: dict[str, Any]) -> Entries:
     return Entries(tuple(raw))
 
 
+def _fetch(obj: dict[str, Any]) -> Fetch:
+    items = _field(obj, "entries", list)
+    if len(items) > MAX_REFS_PER_FETCH:
+        raise TooLarge(f"fetch names {len(items)} entries, the limit is {MAX_REFS_PER_FETCH}")
+    refs = []
+    for item in items:
+        if (type(item) is not list or len(item) != 2 or type(item[0]) is not bytes or len(item[0]) != KEY_SIZE
+                or type(item[1]) is not int or not 1 <= item[1] <= MAX_SEQ):
+            raise WireError("each fetch entry must be [feed: 32-byte key, seq: integer from 1]")
+        refs.append((item[0], item[1]))
+    return Fetch(tuple(refs))
+
+
 def _peers(obj: dict[str, Any]) -> Peers:
     addresses = _field(obj, "addresses", list)
     if len(addresses) > MAX_ADDRESSES_PER_MESSAGE:
@@ -305,6 +338,7 @@ _DECODERS = {
     "stream": _stream,
     "backfill": lambda obj: Backfill(_seq_map(obj, "feeds")),
     "entries": _entries,
+    "fetch": _fetch,
     "peers": _peers,
     "ping": lambda obj: Ping(_nonce(obj)),
     "pong": lambda obj: Pong(_nonce(obj)),

@@ -17,14 +17,17 @@ START_TIMEOUT_S = 30.0
 
 
 class NodeProcess:
-    def __init__(self, home: Path, *args: str, wrap: list[str] | None = None) -> None:
-        """`wrap`: a command prefix, e.g. ["ip", "netns", "exec", NAME] (tests/netns.py); it must exec the node."""
+    def __init__(self, home: Path, *args: str, wrap: list[str] | None = None, new_session: bool = False,
+                 log_path: Path | None = None) -> None:
+        """`wrap`: a command prefix, e.g. ["ip", "netns", "exec", NAME] (tests/netns.py); it must exec the node.
+        `new_session`: the node leads a process group of its own; `log_path`: where its stderr goes."""
         self.home = home
-        self.log_path = home.parent / f"{home.name}.log"
+        self.log_path = log_path or home.parent / f"{home.name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*(wrap or []), *cli_command(), "run", "--listen", "127.0.0.1:0", "--log-level", "debug", *args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=cli_env(home), cwd=str(home.parent))
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=cli_env(home), cwd=str(home.parent),
+            start_new_session=new_session)
         self.address = self._read_listening()
 
     def _read_listening(self) -> str:

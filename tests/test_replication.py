@@ -283,6 +283,23 @@ def test_past_is_asked_again_of_another_peer_when_the_first_goes() -> None:
     assert [m for m in drain(r, 2) if isinstance(m, wire.Backfill)] == [wire.Backfill({F: 451})]
 
 
+def test_past_is_asked_of_a_peer_that_connects_after_the_only_one_went() -> None:
+    # e.g. the node closed its only connection (a full disk dropped what it sent) and the peer dials again
+    r = node_wanting(F, newest_first=50)
+    r.add_peer(1, KEY_A)
+    drain(r, 1)
+    r.on_have(1, wire.Have({F: 500}), 0.0)
+    r.on_stored({F: 500}, 1, 0.5)
+    r.set_lows({F: 451})
+    assert [m for m in drain(r, 1) if isinstance(m, wire.Backfill)] == [wire.Backfill({F: 451})]
+    r.remove_peer(1, 1.0)
+    assert r.backfilling == {}
+    r.add_peer(2, KEY_A)
+    drain(r, 2)
+    r.on_have(2, wire.Have({F: 500}), 2.0)
+    assert [m for m in drain(r, 2) if isinstance(m, wire.Backfill)] == [wire.Backfill({F: 451})]
+
+
 def test_distant_feeds_kept_partial_start_at_their_latest_n_and_never_fill_the_past() -> None:
     r = Replicator(newest_first=50, keep_distant=10)
     r.set_interest({F, G}, set(), set(), 0.0, {F: 1, G: 2})

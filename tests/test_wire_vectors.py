@@ -28,8 +28,8 @@ def test_committed_vectors_match_generator() -> None:
 
 def test_every_message_type_has_a_vector() -> None:
     types = {case["type"] for case in DOCUMENT["valid"]}
-    assert types == {"hello", "want", "have", "stream", "backfill", "entries", "peers", "ping", "pong", "close",
-                     "check", "checked"}
+    assert types == {"hello", "want", "have", "stream", "backfill", "entries", "fetch", "peers", "ping", "pong",
+                     "close", "check", "checked"}
 
 
 @pytest.mark.parametrize("case", DOCUMENT["valid"], ids=lambda c: c["description"])

@@ -43,6 +43,7 @@ def _valid() -> list[tuple[str, wire.Message]]:
         ("backfill: the entries below seq 951", wire.Backfill({A: 951})),
         ("entries, one with a payload and one without", wire.Entries(((HEADER, b"s" * 64, b"\x81\xa1a\x01"),
                                                                      (HEADER, b"t" * 64, None)))),
+        ("fetch two entries again", wire.Fetch(((A, 3), (B, 1)))),
         ("peers", wire.Peers(("127.0.0.1:8765/@aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4f5ybec4",))),
         ("ping", wire.Ping(7)),
         ("pong", wire.Pong(7)),
@@ -69,6 +70,12 @@ def _invalid() -> list[tuple[str, Any, str]]:
         ("check without an address", {"type": "check"}, "invalid"),
         ("check.address over 300 characters", {"type": "check", "address": "a" * 301}, "invalid"),
         ("checked.ok not a bool", {"type": "checked", "address": f"203.0.113.7:8765/{KEY}", "ok": 1}, "invalid"),
+        ("fetch of seq 0", {"type": "fetch", "entries": [[A, 0]]}, "invalid"),
+        ("fetch key of 31 bytes", {"type": "fetch", "entries": [[A[:31], 1]]}, "invalid"),
+        ("fetch over the count limit", {"type": "fetch", "entries": [[A, 1]] * (wire.MAX_REFS_PER_FETCH + 1)},
+         "too-large"),
+        ("a message of more than 40,000 values (an unknown type: refused before it is decoded)",
+         {"type": "future", "pad": [0] * (wire.MAX_MESSAGE_VALUES - 4)}, "too-large"),
     ]
 
 
