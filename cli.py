@@ -527,7 +527,7 @@ def thread(ctx: click.Context, target: str, full: bool, no_pager: bool, as_json:
 @main.command()
 @click.option("--repair", is_flag=True,
               help="Drop payloads damaged on disk, and wait for the running node to fetch them again from peers.")
-@click.option("--wait", type=click.FloatRange(0, 3600), default=60.0, show_default=True, metavar="SECONDS",
+@click.option("--wait", type=Seconds(), default=60.0, show_default=True, metavar="SECONDS",
               help="With --repair: how long to wait for the running node.")
 @JSON_OPTION
 @click.pass_context
