@@ -2,6 +2,7 @@
 # User errors become one line on stderr and a non-zero exit (click.ClickException), never a traceback.
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -664,6 +665,8 @@ def run(ctx: click.Context, **params: Any) -> None:
         try:
             host, port = parse_listen(settings["listen"])
             web = parse_web_option(settings["web_option"], settings["web_public"])
+            if web is not None and settings["web_option"] == DEFAULT_WEB:
+                web = dataclasses.replace(web, fallback=True)
             seeds = collect_seeds(home, list(settings["seed_options"]), settings["seeds_file"],
                                   lambda line: click.echo(line, err=True))
         except (ConfigError, WebConfigError) as exc:

@@ -3,6 +3,7 @@
 # shuts down cleanly: goodbye to every peer, store closed, node.json removed, exit 0.
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -153,7 +154,16 @@ async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: 
             if web is not None:
                 from .web.app import serve_web  # Starlette, Jinja2 and hypercorn load only when the app runs
 
-                extra["web"] = await nursery.start(serve_web, home, web, node.status, lambda: node.changed)
+                try:
+                    extra["web"] = await nursery.start(serve_web, home, web, node.status, lambda: node.changed)
+                except (WebStartError, BaseExceptionGroup) as exc:
+                    problem = exc if isinstance(exc, WebStartError) else _first_of(exc, (WebStartError,))
+                    if problem is None or not web.fallback:
+                        raise
+                    log.warning("the web app's usual address %s:%d is taken (another node?); serving it on a free "
+                                "port instead", web.host, web.port)
+                    extra["web"] = await nursery.start(serve_web, home, dataclasses.replace(web, port=0),
+                                                       node.status, lambda: node.changed)
                 sys.stdout.write(f"web {extra['web']}\n")
                 log.info("web app on %s ('p2pnode web' prints the URL to open)", extra["web"])
                 if web.public:

@@ -3,6 +3,7 @@
 # page, escaping of hostile text, keyset paging, the live event stream, and the `web`/`status`/`--web` CLI.
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -312,6 +313,37 @@ def test_a_taken_web_port_is_one_line(home: Path) -> None:
                          timeout=ERROR_TIMEOUT_S)
     assert result.returncode == 1
     assert f"cannot serve the web app on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_node_on_the_machine_serves_its_app_on_a_free_port(tmp_path: Path) -> None:
+    """Two nodes side by side, as the README shows, with no --web: the usual address is taken by the first
+    (here by a socket standing in for it), so the second serves its app on a free port and says so."""
+    from nodeproc import NodeProcess, init_home
+
+    from p2pnode.web.access import DEFAULT_WEB
+    home = tmp_path / "second"
+    init_home(home)
+    host, port = DEFAULT_WEB.rsplit(":", 1)
+    with socket.socket() as taken:
+        try:
+            taken.bind((host, int(port)))
+            taken.listen()
+        except OSError:
+            pass  # something on this machine has the port already: the same situation
+        node = NodeProcess(home, "--web", DEFAULT_WEB)  # what `run` does with no --web (tests set P2PNODE_WEB=off)
+        try:
+            def runtime() -> dict:
+                try:
+                    return json.loads((home / "node.json").read_text())
+                except (OSError, ValueError):
+                    return {}
+
+            wait_for(lambda: "web" in runtime(), WAIT_S, "the web URL in node.json")
+            url = runtime()["web"]
+            assert url.startswith("http://127.0.0.1:") and not url.endswith(f":{port}/"), url
+            assert "usual address" in node.log_text() and "taken" in node.log_text()
+        finally:
+            assert node.stop() == 0
 
 
 def test_web_off_serves_nothing(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ class WebOptions:
     host: str
     port: int
     public: bool = False  # binding a non-loopback address was asked for explicitly
+    # the default address, not one the owner chose: when another node on this machine has its port, any free
+    # port will do (so that two nodes run side by side as the README shows), and the node says which
+    fallback: bool = False
 
 
 def parse_web_option(text: str, public: bool = False) -> WebOptions | None:
