@@ -106,7 +106,7 @@ class NodeConfig:
     admission: AdmissionLimits | None = None  # inbound budgets (spec/peers.md); None: defaults, max_inbound
     relay_limits: RelayLimits = field(default_factory=RelayLimits)  # relay quotas (spec/replication.md)
     # feed names a peer may send in want/have/stream/backfill: per second, and at once (beyond: we read slower)
-    request_rate: float = 20_000.0
+    request_rate: float = 10_000.0
     request_burst: float = 200_000.0
     min_free: int = DEFAULT_MIN_FREE  # below this much free disk space the node stores nothing peers send
     newest_first: int = NEWEST_FIRST  # a new feed longer than this starts with its newest entries (0: oldest first)

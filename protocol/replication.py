@@ -140,10 +140,13 @@ class Replicator:
             peer.streaming_to.discard(feed)
             peer.dirty.discard(feed)
             peer.notes_due.discard(feed)
+        their_want, their_seq = peer.their_want, peer.their_seq
         for feed, seq in message.feeds.items():
+            if feed in their_want and their_seq.get(feed, -1) >= seq:
+                continue  # said before: a peer repeating a large want costs a lookup per feed, nothing more
             if feed in self.blocked:
                 continue
-            peer.their_want.add(feed)
+            their_want.add(feed)
             self._note(peer, feed, seq, now)
             if self.clock.get(feed, 0) > 0:
                 peer.notes_due.add(feed)
@@ -156,8 +159,10 @@ class Replicator:
 
     def on_have(self, handle: int, message: wire.Have, now: float) -> None:
         peer = self.peers[handle]
+        their_seq = peer.their_seq
         for feed, seq in message.feeds.items():
-            self._note(peer, feed, seq, now)
+            if their_seq.get(feed, -1) < seq:  # a note repeating what it said changes nothing
+                self._note(peer, feed, seq, now)
 
     def on_stream(self, handle: int, message: wire.Stream) -> None:
         peer = self.peers[handle]
