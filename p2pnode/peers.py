@@ -244,20 +244,6 @@ class Peers:
             assert node.nursery is not None
             node.nursery.start_soon(self._contained, self._probe, address)
 
-    async def learn_addresses(self, texts: Sequence[str]) -> None:
-        """Addresses from a `peers` message: kept (never shared until this node connects to one itself)."""
-        node = self.node
-        learned = []
-        for text in texts:
-            try:
-                address = parse_address(text)
-            except ProtocolError:
-                continue
-            if address.key != node.owner and address.key not in node.blocked:
-                learned.append((str(address), address.key))
-        if learned:
-            await node.db.write(Store.add_peers, learned, "peer")
-
     async def _probe(self, address: Address) -> None:
         """Check that a peer's announced address answers with its key, so that it may be shared: dial,
         handshake, say `close` before any hello (the other side never counts it as a session), hang up."""

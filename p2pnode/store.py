@@ -743,13 +743,6 @@ class Store:
         row = self.db.execute("SELECT failures FROM peers WHERE address = ?", (address,)).fetchone()
         return row[0] if row else 0
 
-    def add_peers(self, peers: list[tuple[str, bytes]], source: str) -> int:
-        """add_peer for many addresses in one transaction; how many were new."""
-        with self._write():
-            return sum(self.db.execute(
-                "INSERT INTO peers(address, key, source, added_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (address, key, source, _now_ms())).rowcount for address, key in peers)
-
     def dial_candidates(self, limit: int) -> list[tuple[str, bytes, str]]:
         """Known addresses (address, key, source) in the order to try them: least-failed first, then seeds,
         then recently seen."""
@@ -808,9 +801,6 @@ class Store:
         row = self.db.execute("SELECT payload IS NOT NULL OR retracted FROM entries WHERE author = ? AND seq = ?",
                               (author, seq)).fetchone()
         return bool(row and row[0])
-
-    def count_missing_payloads(self) -> int:
-        return self.db.execute("SELECT count(*) FROM entries WHERE payload IS NULL AND retracted = 0").fetchone()[0]
 
     def check(self, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
         """Re-verify every stored header, signature, chain link and payload hash, and list forked feeds.
