@@ -14,6 +14,8 @@ import trio
 from protocol.errors import ProtocolError
 from protocol.ids import Address, feed_id, parse_feed_id
 
+from .network import beyond_loopback
+
 log = logging.getLogger("p2pnode.lan")
 
 SERVICE_TYPE = "_p2pnode._tcp.local."
@@ -23,12 +25,7 @@ MAX_PENDING = 256  # names waiting to be looked up; more are dropped (a flood on
 
 def lan_enabled(listen_host: str, disabled: bool) -> bool:
     """LAN discovery runs unless --no-lan, and only when others on the LAN can reach us (not bound to loopback)."""
-    if disabled:
-        return False
-    try:
-        return not ipaddress.ip_address(listen_host).is_loopback
-    except ValueError:
-        return listen_host != "localhost"
+    return not disabled and beyond_loopback(listen_host)
 
 
 def service_name(owner: bytes) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 
 import trio
 
+from .network import beyond_loopback
+
 log = logging.getLogger("p2pnode.nat")
 
 LEASE_S = 3600  # asked of the router; renewed at half of it
@@ -22,12 +24,7 @@ DESCRIPTION = "p2pnode"
 
 def upnp_enabled(listen_host: str, disabled: bool) -> bool:
     """UPnP runs unless --no-upnp, and only when the node listens beyond loopback."""
-    if disabled:
-        return False
-    try:
-        return not ipaddress.ip_address(listen_host).is_loopback
-    except ValueError:
-        return listen_host != "localhost"
+    return not disabled and beyond_loopback(listen_host)
 
 
 class PortMapping:

@@ -2,6 +2,7 @@
 # network (p2pnode/memnet.py) implement, so the same node code runs on sockets and in simulations.
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -31,3 +32,12 @@ class TcpNetwork:
 
     async def dial(self, host: str, port: int) -> trio.abc.Stream:
         return await trio.open_tcp_stream(host, port)
+
+
+def beyond_loopback(host: str) -> bool:
+    """Whether a node listening on `host` can be reached from other machines (LAN discovery and UPnP only
+    make sense then)."""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"

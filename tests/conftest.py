@@ -86,3 +86,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which must prove every capability: {reason}"
+
+
+@pytest.fixture
+def nodes() -> Any:
+    """A list to append started NodeProcesses to (tests/nodeproc.py); each is stopped at teardown."""
+    started: list[Any] = []
+    yield started
+    for node in reversed(started):
+        node.stop()

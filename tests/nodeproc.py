@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from conftest import cli_command, cli_env, run_cli
 
@@ -78,3 +79,10 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         pause.wait(0.1)
+
+
+def status_json(home: Path) -> dict[str, Any]:
+    """`p2pnode status --json` of the home, which must succeed."""
+    result = run_cli(home, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

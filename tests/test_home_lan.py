@@ -12,6 +12,7 @@ import pytest
 from conftest import run_cli
 from netns import Lab, open_lab
 from nodeproc import NodeProcess, feed_entries, init_home, wait_for
+from nodeproc import status_json as status
 
 from p2pnode.lan import lan_enabled
 
@@ -23,20 +24,6 @@ pytestmark = pytest.mark.netns
 def lab() -> Iterator[Lab]:
     with open_lab() as made:
         yield made
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in reversed(started):
-        node.stop()
-
-
-def status(home: Path) -> dict[str, Any]:
-    result = run_cli(home, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def peer_ids(home: Path) -> set[str]:

@@ -5,16 +5,15 @@
 # unreachable with the reason. Needs root, nft and miniupnpd (test.sh installs them).
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import run_cli
 from netns import HomeBehindNat, Lab, open_lab, require_command
 from nodeproc import NodeProcess, init_home, wait_for
+from nodeproc import status_json as status
 
 from protocol.ids import parse_address
 
@@ -27,20 +26,6 @@ def lab() -> Iterator[Lab]:
     with open_lab() as made:
         require_command("nft", "nftables")
         yield made
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in reversed(started):
-        node.stop()
-
-
-def status(home: Path) -> dict[str, Any]:
-    result = run_cli(home, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def status_line(home: Path, prefix: str) -> str:

@@ -3,27 +3,18 @@
 # `.onion` hosts are refused without a proxy; a bad --proxy is one line. Needs `microsocks` (test.sh installs it).
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import run_cli
 from netns import require_command
 from nodeproc import NodeProcess, feed_entries, init_home, wait_for
+from nodeproc import status_json as status
 
 WAIT_S = 30.0
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in reversed(started):
-        node.stop()
 
 
 def free_port() -> int:
@@ -53,12 +44,6 @@ def socks_proxy() -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def status(home: Path) -> dict[str, Any]:
-    result = run_cli(home, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_dial_through_socks5_proxy_and_peer_sees_the_proxy(tmp_path: Path, socks_proxy: int,

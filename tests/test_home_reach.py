@@ -5,15 +5,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import nacl.signing
-import pytest
 import trio
 from conftest import run_cli
 from nodeproc import NodeProcess, init_home, wait_for
+from nodeproc import status_json as status
 
 from p2pnode.connection import client_handshake
 from p2pnode.reach import SelfAddress, interface_ips
@@ -23,20 +21,6 @@ from protocol.ids import feed_id, parse_address
 WAIT_S = 30.0
 OWNER = bytes(nacl.signing.SigningKey(b"\x01" * 32).verify_key)
 PEERS = [bytes([n]) * 32 for n in range(2, 6)]
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in reversed(started):
-        node.stop()
-
-
-def status(home: Path) -> dict[str, Any]:
-    result = run_cli(home, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def status_text(home: Path) -> str:

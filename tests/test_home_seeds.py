@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,6 @@ from protocol.ids import parse_address
 from protocol.invite import make_invite, parse_invite
 
 WAIT_S = 30.0
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in reversed(started):
-        node.stop()
 
 
 def cli_ok(home: Path, *args: str) -> str:
