@@ -57,11 +57,26 @@ class Figures:
     virtual_s: float = 0.0
     wall_s: float = 0.0
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0
+    phases: dict[str, tuple[float, float]] = field(default_factory=dict)  # phase -> (wall s, CPU s)
     retrievable: dict[str, Any] = field(default_factory=dict)
 
     @property
     def receptions_per_entry_per_node(self) -> float:
         return self.receptions / max(1, self.wanting_delivered)
+
+
+class PhaseClock:
+    """Wall and CPU time of each phase of a run."""
+
+    def __init__(self) -> None:
+        self.wall0 = self.wall = time.monotonic()
+        self.cpu0 = self.cpu = time.process_time()
+
+    def lap(self, figures: Figures, phase: str) -> None:
+        wall, cpu = time.monotonic(), time.process_time()
+        figures.phases[phase] = (wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
 
 
 def follow_graph(n: int, follows: int, rng: random.Random) -> list[list[int]]:
@@ -93,6 +108,7 @@ def diameter(graph: list[list[int]], sample: int, rng: random.Random) -> int:
 
 
 async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
+    clock = PhaseClock()
     rng = random.Random(args.seed)
     n, relays = args.nodes, args.relays
     keys = [nacl.signing.SigningKey(rng.randbytes(32)) for _ in range(n)]
@@ -145,13 +161,14 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
         finally:
             store.close()
 
-    started_wall = time.monotonic()
     async with trio.open_nursery() as nursery:
         for i in range(n):
             await nursery.start(run_node, i)
         by_index = {bytes(node.key.verify_key): node for node in nodes}
         ordered = [by_index[o] for o in owners]
+        clock.lap(figures, "set-up")
         await trio.sleep(args.warmup)  # the peer graph forms (dials, peer exchange, address checks)
+        clock.lap(figures, "initial sync")
         before = [(node.stats.bytes_out, node.stats.messages_out, node.stats.entries_in) for node in ordered]
         measuring = True
         start = trio.current_time()
@@ -178,6 +195,7 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
         figures.receptions = sum(node.stats.entries_in - entries_in
                                  for (_, _, entries_in), node in zip(before, ordered, strict=True))
 
+        clock.lap(figures, "posting")
         hop_counts = []
         for author, entry in posts:
             followers = [i for i in range(n) if owners[author] in {owners[t] for t in graph[i]} and i >= relays]
@@ -217,7 +235,9 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
                                "complete_on_a_survivor": complete, "partial_only": partial,
                                "lost": len(authors) - complete - partial}
         nursery.cancel_scope.cancel()
-    figures.wall_s = time.monotonic() - started_wall
+    clock.lap(figures, "removal")
+    figures.cpu_s = time.process_time() - clock.cpu0
+    figures.wall_s = time.monotonic() - clock.wall0
     figures.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figures
 
@@ -273,6 +293,8 @@ def report(f: Figures) -> str:
         f"bound diameter + 2 = {f.follow_diameter + 2}",
         f"per node during the posts: {f.bytes_per_node / 1024:.1f} KiB and {f.messages_per_node:.0f} messages sent",
         f"virtual time to deliver {f.virtual_s:.1f} s; wall time {f.wall_s:.1f} s; peak RSS {f.peak_rss_mb:.0f} MB",
+        "phases (wall s / CPU s): " + ", ".join(f"{name} {w:.1f}/{c:.1f}" for name, (w, c) in f.phases.items())
+        + f"; total wall {f.wall_s:.1f} s, CPU {f.cpu_s:.1f} s",
         f"after removing {f.retrievable['removed_nodes']} nodes (authors, relays, {f.retrievable['survivors']} "
         f"survivors): feeds complete on a survivor {f.retrievable['complete_on_a_survivor']}/"
         f"{f.retrievable['authors']}, partial only {f.retrievable['partial_only']}, lost {f.retrievable['lost']}",
