@@ -13,6 +13,7 @@ import argparse
 import json
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -79,6 +80,68 @@ class PhaseClock:
         self.wall, self.cpu = wall, cpu
 
 
+def sign_follows(keys: list[nacl.signing.SigningKey], owners: list[bytes], graph: list[list[int]]) -> list[list[Entry]]:
+    """Each node's follow entries, as its author signs them."""
+    follow_entries: list[list[Entry]] = []
+    for i, key in enumerate(keys):
+        chain: list[Entry] = []
+        for number, target in enumerate(graph[i]):
+            chain.append(create_entry(key, chain[-1] if chain else None,
+                                      {"type": "follow", "feed": owners[target]}, 1_000 + number))
+        follow_entries.append(chain)
+    return follow_entries
+
+
+def prepare_source(workdir: Path, follow_entries: list[list[Entry]]) -> Path:
+    """A store holding every node's follow entries, stored through the store's own ingest (checks, contacts
+    and feed heads derived as for any entry): the rows every node's store copies from."""
+    path = workdir / "follows.sqlite3"
+    with Store(path, bytes(32)) as source:
+        result = source.ingest_verified([entry for chain in follow_entries for entry in chain])
+        assert result.error is None, result.error
+    return path
+
+
+def prepare_template(workdir: Path) -> Path:
+    """An empty store with every migration applied, copied as each node's store file."""
+    path = workdir / "template.sqlite3"
+    Store(path, bytes(32)).close()
+    return path
+
+
+SOURCE_TABLES = {  # what ingesting a feed's entries writes, per table: the columns copied from the source store
+    "entries": "author, seq, hash, header, signature, payload, type, timestamp, retracted",
+    "contacts": "author, target, following, blocking, follow_seq, block_seq",
+    "feeds": "author, head_seq, head_hash, forked, low_seq",
+    "profiles": "author, name, about, seq",
+}
+
+
+def load_feeds(store: Store, source: Path, authors: list[bytes]) -> None:
+    """Give `store` these feeds of the source store, in one transaction: the same rows, in the same order
+    (feed after feed as listed, each by seq), that ingesting the feeds' entries one feed after another writes
+    (tests/test_sim.py checks that they are equal)."""
+    db = store.db
+    db.execute("ATTACH DATABASE ? AS source", (str(source),))
+    try:
+        db.execute("CREATE TEMP TABLE wanted (author BLOB PRIMARY KEY, position INTEGER NOT NULL)")
+        db.executemany("INSERT INTO temp.wanted VALUES (?, ?)", [(a, k) for k, a in enumerate(authors)])
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, columns in SOURCE_TABLES.items():
+                picked = ", ".join(f"t.{c.strip()}" for c in columns.split(","))
+                order = "w.position, t.seq" if table == "entries" else "w.position"
+                db.execute(f"INSERT INTO main.{table} ({columns}) SELECT {picked} FROM source.{table} AS t "
+                           f"JOIN temp.wanted AS w ON w.author = t.author ORDER BY {order}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("DROP TABLE temp.wanted")
+    finally:
+        db.execute("DETACH DATABASE source")
+
+
 def follow_graph(n: int, follows: int, rng: random.Random) -> list[list[int]]:
     return [rng.sample([j for j in range(n) if j != i], min(follows, n - 1)) for i in range(n)]
 
@@ -119,14 +182,12 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
     figures = Figures(n, relays, args.hops, args.posts)
     figures.follow_diameter = diameter(graph, 50, rng)
 
-    # the follow entries, signed once; each store gets those of the feeds its node wants
-    follow_entries: list[list[Entry]] = []
-    for i in range(n):
-        chain: list[Entry] = []
-        for number, target in enumerate(graph[i]):
-            chain.append(create_entry(keys[i], chain[-1] if chain else None,
-                                      {"type": "follow", "feed": owners[target]}, 1_000 + number))
-        follow_entries.append(chain)
+    # the follow entries, signed once and stored once (through the store's own ingest) in a source store;
+    # each node's store then gets the rows of the feeds its node wants (load_feeds), and its schema from a
+    # template file
+    follow_entries = sign_follows(keys, owners, graph)
+    source = prepare_source(workdir, follow_entries)
+    template = prepare_template(workdir)
     wanting = [wanted_by(graph, i, args.hops) if i >= relays else set(range(n)) for i in range(n)]
 
     network = MemoryNetwork()
@@ -144,11 +205,11 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
         return observe
 
     async def run_node(i: int, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        store = Store(workdir / f"node{i}.sqlite3", owners[i])
+        path = workdir / f"node{i}.sqlite3"
+        shutil.copyfile(template, path)
+        store = Store(path, owners[i])
         store.db.execute("PRAGMA cache_size=-256")  # 256 KiB a node: a thousand page caches add up
-        for j in sorted(wanting[i]):
-            if follow_entries[j]:
-                store.ingest_verified(follow_entries[j])
+        load_feeds(store, source, [owners[j] for j in sorted(wanting[i]) if follow_entries[j]])
         config = NodeConfig(listen_host=hosts[i], listen_port=PORT, hops=args.hops, relay=i < relays,
                             verify_workers=0, store_thread=False, poll_interval=3600.0, replication_tick=1.0)
         node = Node(keys[i], store, config, network.interface(hosts[i]), random.Random(i))

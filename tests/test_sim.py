@@ -28,3 +28,35 @@ def test_hundred_nodes_deliver_every_post_about_once() -> None:
     assert figures.receptions_per_entry_per_node <= 1.3
     assert 0 < figures.max_hops <= figures.follow_diameter + 2
     assert figures.retrievable["lost"] == 0
+
+
+def test_prepared_stores_hold_what_ingesting_the_same_feeds_writes(tmp_path: Path) -> None:
+    """The simulator fills each node's store by copying rows from one source store (fast at 1,000 nodes):
+    the result must be the very rows that ingesting those feeds' entries, feed after feed, writes."""
+    import random
+
+    import nacl.signing
+
+    from p2pnode.store import Store
+
+    sim = load_sim()
+    rng = random.Random(3)
+    keys = [nacl.signing.SigningKey(rng.randbytes(32)) for _ in range(12)]
+    owners = [bytes(k.verify_key) for k in keys]
+    graph = sim.follow_graph(12, 2, rng)
+    follows = sim.sign_follows(keys, owners, graph)
+    source = sim.prepare_source(tmp_path, follows)
+    wanted = sorted(sim.wanted_by(graph, 0, 1))
+    assert 1 < len(wanted) < 12
+    with Store(tmp_path / "ingested.sqlite3", owners[0]) as ingested, \
+            Store(tmp_path / "loaded.sqlite3", owners[0]) as loaded:
+        for j in wanted:
+            assert ingested.ingest_verified(follows[j]).error is None
+        sim.load_feeds(loaded, source, [owners[j] for j in wanted])
+        for table in ("entries ORDER BY id", "contacts ORDER BY author, target", "feeds ORDER BY author",
+                      "profiles ORDER BY author"):
+            rows = ingested.db.execute(f"SELECT * FROM {table}").fetchall()
+            assert loaded.db.execute(f"SELECT * FROM {table}").fetchall() == rows
+        assert len(loaded.db.execute("SELECT * FROM entries").fetchall()) == 2 * len(wanted)
+        assert loaded.check() == []
+        assert loaded.wanted_feeds(1) == {owners[j] for j in wanted}
