@@ -78,6 +78,8 @@ class PhaseClock:
         wall, cpu = time.monotonic(), time.process_time()
         figures.phases[phase] = (wall - self.wall, cpu - self.cpu)
         self.wall, self.cpu = wall, cpu
+        print(f"  {phase} done: wall {wall - self.wall0:.1f} s, CPU {cpu - self.cpu0:.1f} s so far", file=sys.stderr,
+              flush=True)
 
 
 def sign_follows(keys: list[nacl.signing.SigningKey], owners: list[bytes], graph: list[list[int]]) -> list[list[Entry]]:
@@ -204,12 +206,19 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
                     first_source.setdefault((i, entry.hash), source)
         return observe
 
-    async def run_node(i: int, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    def open_store(i: int) -> Store:
         path = workdir / f"node{i}.sqlite3"
         shutil.copyfile(template, path)
         store = Store(path, owners[i])
         store.db.execute("PRAGMA cache_size=-256")  # 256 KiB a node: a thousand page caches add up
         load_feeds(store, source, [owners[j] for j in sorted(wanting[i]) if follow_entries[j]])
+        return store
+
+    stores = [open_store(i) for i in range(n)]  # every store ready before the first node starts
+    clock.lap(figures, "set-up")
+
+    async def run_node(i: int, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        store = stores[i]
         config = NodeConfig(listen_host=hosts[i], listen_port=PORT, hops=args.hops, relay=i < relays,
                             verify_workers=0, store_thread=False, poll_interval=3600.0, replication_tick=1.0)
         node = Node(keys[i], store, config, network.interface(hosts[i]), random.Random(i))
@@ -227,7 +236,8 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
             await nursery.start(run_node, i)
         by_index = {bytes(node.key.verify_key): node for node in nodes}
         ordered = [by_index[o] for o in owners]
-        clock.lap(figures, "set-up")
+        # (nodes start one after another, and those started already dial and sync meanwhile: that is part of
+        # the initial sync)
         await trio.sleep(args.warmup)  # the peer graph forms (dials, peer exchange, address checks)
         clock.lap(figures, "initial sync")
         before = [(node.stats.bytes_out, node.stats.messages_out, node.stats.entries_in) for node in ordered]
