@@ -59,7 +59,8 @@ class Figures:
     wall_s: float = 0.0
     peak_rss_mb: float = 0.0
     cpu_s: float = 0.0
-    phases: dict[str, tuple[float, float]] = field(default_factory=dict)  # phase -> (wall s, CPU s)
+    # phase -> (wall s, CPU s, messages sent by all nodes)
+    phases: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     retrievable: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,16 +69,18 @@ class Figures:
 
 
 class PhaseClock:
-    """Wall and CPU time of each phase of a run."""
+    """Wall and CPU time of each phase of a run, and the messages the nodes sent in it."""
 
     def __init__(self) -> None:
         self.wall0 = self.wall = time.monotonic()
         self.cpu0 = self.cpu = time.process_time()
+        self.messages = 0
 
-    def lap(self, figures: Figures, phase: str) -> None:
+    def lap(self, figures: Figures, phase: str, nodes: list[Node]) -> None:
         wall, cpu = time.monotonic(), time.process_time()
-        figures.phases[phase] = (wall - self.wall, cpu - self.cpu)
-        self.wall, self.cpu = wall, cpu
+        messages = sum(node.stats.messages_out for node in nodes)
+        figures.phases[phase] = (wall - self.wall, cpu - self.cpu, messages - self.messages)
+        self.wall, self.cpu, self.messages = wall, cpu, messages
         print(f"  {phase} done: wall {wall - self.wall0:.1f} s, CPU {cpu - self.cpu0:.1f} s so far", file=sys.stderr,
               flush=True)
 
@@ -215,7 +218,7 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
         return store
 
     stores = [open_store(i) for i in range(n)]  # every store ready before the first node starts
-    clock.lap(figures, "set-up")
+    clock.lap(figures, "set-up", nodes)
 
     async def run_node(i: int, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         store = stores[i]
@@ -239,7 +242,7 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
         # (nodes start one after another, and those started already dial and sync meanwhile: that is part of
         # the initial sync)
         await trio.sleep(args.warmup)  # the peer graph forms (dials, peer exchange, address checks)
-        clock.lap(figures, "initial sync")
+        clock.lap(figures, "initial sync", nodes)
         before = [(node.stats.bytes_out, node.stats.messages_out, node.stats.entries_in) for node in ordered]
         measuring = True
         start = trio.current_time()
@@ -266,7 +269,7 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
         figures.receptions = sum(node.stats.entries_in - entries_in
                                  for (_, _, entries_in), node in zip(before, ordered, strict=True))
 
-        clock.lap(figures, "posting")
+        clock.lap(figures, "posting", nodes)
         hop_counts = []
         for author, entry in posts:
             followers = [i for i in range(n) if owners[author] in {owners[t] for t in graph[i]} and i >= relays]
@@ -306,7 +309,7 @@ async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
                                "complete_on_a_survivor": complete, "partial_only": partial,
                                "lost": len(authors) - complete - partial}
         nursery.cancel_scope.cancel()
-    clock.lap(figures, "removal")
+    clock.lap(figures, "removal", nodes)
     figures.cpu_s = time.process_time() - clock.cpu0
     figures.wall_s = time.monotonic() - clock.wall0
     figures.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -364,7 +367,8 @@ def report(f: Figures) -> str:
         f"bound diameter + 2 = {f.follow_diameter + 2}",
         f"per node during the posts: {f.bytes_per_node / 1024:.1f} KiB and {f.messages_per_node:.0f} messages sent",
         f"virtual time to deliver {f.virtual_s:.1f} s; wall time {f.wall_s:.1f} s; peak RSS {f.peak_rss_mb:.0f} MB",
-        "phases (wall s / CPU s): " + ", ".join(f"{name} {w:.1f}/{c:.1f}" for name, (w, c) in f.phases.items())
+        "phases (wall s / CPU s / messages sent): "
+        + ", ".join(f"{name} {w:.1f}/{c:.1f}/{m:,}" for name, (w, c, m) in f.phases.items())
         + f"; total wall {f.wall_s:.1f} s, CPU {f.cpu_s:.1f} s",
         f"after removing {f.retrievable['removed_nodes']} nodes (authors, relays, {f.retrievable['survivors']} "
         f"survivors): feeds complete on a survivor {f.retrievable['complete_on_a_survivor']}/"
