@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import nacl.signing
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import ForkDetected, InvalidEntry, InvalidId, ProtocolError, TooLarge
@@ -648,6 +648,10 @@ _leaf = st.one_of(st.integers(-5, 2**64 - 1), st.text(max_size=5), st.binary(max
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.one_of(st.sampled_from(["type", "text", "a", "zz"]), st.binary(max_size=2)), _leaf),
                 max_size=5))
+@example([("zz", 1), ("a", 2)])  # unsorted
+@example([("a", 1), ("a", 1)])  # repeated
+@example([("a", -1)])
+@example([(b"a", 1)])
 def test_the_flat_map_fast_path_accepts_exactly_what_the_full_check_accepts(pairs: list[tuple[Any, Any]]) -> None:
     from protocol.log import _flat_canonical_map, _pack, _Pairs, _plain, _unpack
 
