@@ -38,6 +38,7 @@ class Peers:
         self.dialing: dict[str, bytes] = {}  # address -> key, until its session ends
         self.probing: set[str] = set()
         self.next_dial: dict[str, float] = {}
+        self.failing: dict[str, bytes] = {}  # addresses whose last dial failed -> the key they should prove
         self.relays: set[bytes] = set()  # keys whose hello said relay
         self.network_back = trio.Event()  # set when a dial succeeds after failures: redial the rest at once
 
@@ -75,6 +76,8 @@ class Peers:
         if session.hello.relay:
             self.relays.add(session.key)
         log.info("peer %s connected (%s)", feed_id(session.key)[:12], "outbound" if session.outbound else "inbound")
+        if not session.outbound and session.key in self.failing.values():
+            self._network_is_back()  # a peer we could not reach reached us: the way between us is open again
         self.node.notify()
 
     def close_blocked(self, blocked: set[bytes]) -> None:
@@ -198,8 +201,10 @@ class Peers:
                 log.log(logging.WARNING if record.given_up else logging.INFO, "dial %s failed: %s%s",
                         log_text(address), log_text(record.failure.text),
                         "; not dialled again by this run" if record.given_up else "")
+                self.failing[address] = key
                 await self._backoff(address, failed=True)
                 return
+            self.failing.pop(address, None)
             node.reach.dial_problems.connected(address)
             if await node.db.read(Store.peer_failures, address) > 0:
                 self._network_is_back()
@@ -217,8 +222,8 @@ class Peers:
             self.dialing.pop(address, None)
 
     def _network_is_back(self) -> None:
-        """A peer that failed before answers again (a partition healed, the laptop woke): the addresses
-        waiting on their backoff are tried at once instead of at their timers."""
+        """A peer that failed before answers again, or connects to us (a partition healed, the laptop woke):
+        the addresses waiting on their backoff are tried at once instead of at their timers."""
         self.next_dial.clear()
         self.network_back.set()
 
