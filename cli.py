@@ -641,7 +641,8 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
               help="Open every outbound connection through this SOCKS5 proxy (e.g. Tor's); needed for .onion.")
 @click.option("--tor-control", type=Count(1, 65535), default=None, metavar="PORT",
               help="Publish this node as a Tor onion service through Tor's control port on 127.0.0.1.")
-@click.option("--no-upnp", is_flag=True, help="Do not ask the home router to forward the port (UPnP).")
+@click.option("--no-upnp", is_flag=True,
+              help="Do not ask the home router to forward the port (UPnP, NAT-PMP, PCP).")
 @click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
