@@ -655,8 +655,9 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
 @click.pass_context
 def run(ctx: click.Context, **params: Any) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS';
-    then 'web URL' when it serves the web app. Settings not given as flags come from <home>/config.toml
-    when it has them."""
+    then 'web URL' when it serves the web app, and 'listening ADDRESS (why)' whenever the address to dial
+    changes (a public IP learned from peers, a router port mapping, an onion service). Settings not given as
+    flags come from <home>/config.toml when it has them."""
     home = ctx.obj["home"]
     given = {name for name in params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     with user_errors():

@@ -2,7 +2,9 @@
 # miniupnpd): with UPnP it maps its port, advertises the router's external address, peers outside dial it
 # back ("reachable: yes") and a new node outside connects to it; the mapping goes when the node stops. With no
 # UPnP on the router it says so, still learns its public IP from the peers outside, and is reported
-# unreachable with the reason. Needs root, nft and miniupnpd (test.sh installs them).
+# unreachable with the reason. Without UPnP but with NAT-PMP/PCP on the router (miniupnpd, enable_upnp=no) it
+# maps its port by NAT-PMP; PCP maps and deletes a port too. A node prints a new `listening` line when its
+# address changes. Needs root, nft and miniupnpd (test.sh installs them).
 from __future__ import annotations
 
 import subprocess
@@ -34,6 +36,12 @@ def status_line(home: Path, prefix: str) -> str:
     result = run_cli(home, "status")
     assert result.returncode == 0, result.stderr
     return next(line for line in result.stdout.splitlines() if line.startswith(prefix))
+
+
+def later_listening_lines(node: NodeProcess) -> list[str]:
+    """The `listening` lines a stopped node printed after its first one."""
+    assert node.proc.stdout is not None
+    return [line for line in node.proc.stdout.read().splitlines() if line.startswith("listening ")]
 
 
 def outside_nodes(tmp_path: Path, lab: Lab, topo: HomeBehindNat, nodes: list[NodeProcess], count: int) -> list[str]:
@@ -84,6 +92,10 @@ def test_upnp_maps_the_port_and_an_outside_node_reaches_home(tmp_path: Path, lab
 
         assert node.stop() == 0
         assert f"dport {port} " not in topo.mappings()  # the mapping was removed on exit
+        # the address learned after start got a `listening` line of its own, with why
+        assert later_listening_lines(node) in (
+            [f"listening {topo.ROUTER_WAN_IP}:{port}/{home_id} (port opened by UPnP)"],
+            [f"listening {topo.ROUTER_WAN_IP}:{port}/{home_id} (public address learned from 2 peers)"])
     finally:
         topo.close()
 
@@ -114,6 +126,9 @@ def test_without_upnp_home_is_reported_unreachable_with_the_reason(tmp_path: Pat
         assert line.startswith(f"reachable: no: peers could not connect to {topo.ROUTER_WAN_IP}:{port} "
                                f"({topo.ROUTER_WAN_IP}:{port}: connection refused"), line
         assert f"forward TCP port {port} on your router" in line
+        assert node.stop() == 0
+        assert later_listening_lines(node) == [
+            f"listening {topo.ROUTER_WAN_IP}:{port}/{home_id} (public address learned from 2 peers)"]
     finally:
         topo.close()
 
@@ -147,6 +162,9 @@ def test_natpmp_maps_the_port_when_the_router_has_no_upnp(tmp_path: Path, lab: L
 
         assert node.stop() == 0
         assert f"dport {port} " not in topo.mappings()  # deleted (lifetime 0) on exit
+        assert later_listening_lines(node) in (
+            [f"listening {topo.ROUTER_WAN_IP}:{port}/{home_id} (port opened by NAT-PMP)"],
+            [f"listening {topo.ROUTER_WAN_IP}:{port}/{home_id} (public address learned from 2 peers)"])
     finally:
         topo.close()
 
