@@ -130,7 +130,8 @@ def _reach_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"onion service (Tor): {onion.get('state')}: {onion.get('detail')}")
     for problem in data.get("dial_problems", []):
         lines.append(f"cannot dial {problem.get('address')}: {problem.get('problem')}"
-                     + (" (given up until the next run)" if problem.get("given_up") else ""))
+                     + (f" (not dialled again before {when(problem['retry_at'] * 1000)})"
+                        if problem.get("given_up") and isinstance(problem.get("retry_at"), int) else ""))
     return lines
 
 
