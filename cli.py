@@ -627,9 +627,10 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
 @click.option("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", show_default=True, metavar="HOST:PORT",
               help="Where to accept peers; port 0 picks a free one.")
 @click.option("--advertise", default=None, metavar="HOST",
-              help="The host others dial (default: the listen host; on all interfaces, the router's UPnP "
+              help="The host others dial (default: the listen host; on all interfaces, the router's port "
                    "mapping, else the public IP two peers agree on, else this machine's address).")
-@click.option("--seed", "seed_options", multiple=True, metavar="ADDRESS", help="A peer to start from (repeatable).")
+@click.option("--seed", "seed_options", multiple=True, metavar="ADDRESS",
+              help="A peer to start from (repeatable; adds to config.toml's seed list and the seeds file).")
 @click.option("--seeds", "seeds_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A file of seed addresses, one per line (default: <home>/seeds).")
 @click.option("--hops", type=Count(0, 6), default=2, show_default=True,

@@ -251,6 +251,19 @@ def test_config_file_settings_and_flags_winning(tmp_path: Path, nodes: list[Node
     assert node.address.startswith("127.0.0.8:"), node.address
 
 
+def test_seed_flags_add_to_the_config_files_seeds(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    home = tmp_path / "home"
+    init_home(home)
+    in_file = f"127.0.0.1:4567/{other_id(tmp_path, 'a')}"
+    on_line = f"127.0.0.1:4568/{other_id(tmp_path, 'b')}"
+    (home / "config.toml").write_text(f'seed = ["{in_file}"]\n')
+    nodes.append(node := NodeProcess(home, "--seed", on_line))
+    wait_for(lambda: len(status(home).get("dial_problems", [])) == 2, WAIT_S, "both seeds dialled")
+    assert {p["address"] for p in status(home)["dial_problems"]} == {in_file, on_line}
+    assert {row["address"] for row in seed_rows(home)} == {in_file, on_line}
+    assert node.stop() == 0
+
+
 @pytest.mark.parametrize("text, words", [
     ("hops = 9\n", ["config.toml", "hops must be an integer from 0 to 6"]),
     ("hops = \"two\"\n", ["hops must be an integer"]),
