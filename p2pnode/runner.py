@@ -187,12 +187,20 @@ async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: 
 
 async def _announce_address(node: Node, printed: str) -> None:
     """A new `listening ADDRESS (why)` line on stdout whenever the address the node advertises changes."""
+    seen = node.address
     while True:
         await node.changed.wait()
-        if node.address is not None and str(node.address) != printed:
-            printed = str(node.address)
-            sys.stdout.write(f"listening {printed} ({node.reach.address_reason})\n")
-            sys.stdout.flush()
+        if node.address is seen:  # the common case during a sync: nothing to compare
+            continue
+        seen = node.address
+        if seen is not None and str(seen) != printed:
+            printed = str(seen)
+            try:
+                sys.stdout.write(f"listening {printed} ({node.reach.address_reason})\n")
+                sys.stdout.flush()
+            except OSError:  # nobody reads stdout any more (`run | head -1`): the node goes on without it
+                log.info("stdout is closed: no more 'listening' lines")
+                return
 
 
 async def _write_status(home: Path, node: Node, extra: dict[str, str], progress: SyncProgress) -> None:
