@@ -235,8 +235,8 @@ def describe_reachability(info: dict[str, Any] | None, now: float, listen_port: 
     reasons = "; ".join(info.get("reasons") or []) or "no reason given"
     port = where.rsplit(":", 1)[-1]
     return (f"no: peers could not connect to {where} ({reasons}; {ago}); forward TCP port {port} on your "
-            "router to this machine (or enable UPnP on the router), or give --advertise the host that reaches "
-            "this node; it can still dial out and sync")
+            "router to this machine (or enable UPnP or NAT-PMP on the router), or give --advertise the host that "
+            "reaches this node; it can still dial out and sync")
 
 
 def _ago(seconds: float) -> str:
