@@ -17,7 +17,7 @@ from .admission import AWAITING_HELLO, peer_ip
 from .connection import TransportError, client_handshake, server_handshake
 from .reach import probe_address, remote_ip
 from .render import log_text
-from .seeds import classify
+from .seeds import GIVE_UP_S, classify
 from .session import PeerGone, Session
 from .store import Store
 
@@ -123,6 +123,7 @@ class Peers:
     async def dial_loop(self) -> None:
         node = self.node
         next_forget = trio.current_time()
+        node.reach.dial_problems.load(await node.db.read(Store.peer_problems))  # kept from earlier runs
         while True:
             if trio.current_time() >= next_forget:
                 await node.db.write(Store.forget_peers, self.config.max_failures, self.config.peer_book_size)
@@ -200,7 +201,9 @@ class Peers:
                                                                            config.handshake_timeout))
                 log.log(logging.WARNING if record.given_up else logging.INFO, "dial %s failed: %s%s",
                         log_text(address), log_text(record.failure.text),
-                        "; not dialled again by this run" if record.given_up else "")
+                        f"; not dialled again for {GIVE_UP_S:g} s" if record.given_up else "")
+                await node.db.write(Store.peer_problem, address, record.failure.kind, record.failure.text,
+                                    record.count, int(record.at * 1000), int(record.retry_at * 1000))
                 self.failing[address] = key
                 await self._backoff(address, failed=True)
                 return
