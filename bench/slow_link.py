@@ -85,7 +85,7 @@ def instrument(log: LinkLog, bandwidth: float) -> None:
             counts = log.by_type[log.names.get(self.remote_key, "?")][kind]
             counts[0] += 1
             counts[1] += on_link(len(message))
-        log.pending[id(self._stream)] = kind
+        log.pending[id(getattr(self._stream, "inner", self._stream))] = kind  # the Throttled under the Link
         await original(self, message)
 
     Connection.send = counting_send  # type: ignore[method-assign]
@@ -150,10 +150,10 @@ async def scenario(args: argparse.Namespace, tmp: Path, log: LinkLog, drops: Dro
         network = MemoryNetwork(bandwidth=args.bandwidth, buffered=args.buffered)
         original_pair = network.pair
 
-        def pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
-            ours, theirs = original_pair()
-            # the dialler is b: its stream carries b->a
-            ours.direction, theirs.direction = "b->a", "a->b"  # type: ignore[attr-defined]
+        def pair(*args: Any) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+            ours, theirs = original_pair(*args)
+            # the dialler is b: its stream carries b->a (set on the Throttled streams inside the links)
+            ours.inner.direction, theirs.inner.direction = "b->a", "a->b"  # type: ignore[attr-defined]
             return ours, theirs
 
         network.pair = pair  # type: ignore[method-assign]
