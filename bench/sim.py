@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import random
 import resource
@@ -68,19 +69,33 @@ class Figures:
         return self.receptions / max(1, self.wanting_delivered)
 
 
+PHASES = ["set-up", "initial sync", "posting", "removal"]
+
+
 class PhaseClock:
     """Wall and CPU time of each phase of a run, and the messages the nodes sent in it."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: str | None = None) -> None:
         self.wall0 = self.wall = time.monotonic()
         self.cpu0 = self.cpu = time.process_time()
         self.messages = 0
+        # "PHASE:FILE": profile that phase alone (cProfile) and write the stats to FILE
+        self.profiled, _, self.profile_file = (profile or "").partition(":")
+        self.profiler = cProfile.Profile() if profile else None
+        if self.profiler is not None and self.profiled == PHASES[0]:
+            self.profiler.enable()
 
     def lap(self, figures: Figures, phase: str, nodes: list[Node]) -> None:
         wall, cpu = time.monotonic(), time.process_time()
         messages = sum(node.stats.messages_out for node in nodes)
         figures.phases[phase] = (wall - self.wall, cpu - self.cpu, messages - self.messages)
         self.wall, self.cpu, self.messages = wall, cpu, messages
+        if self.profiler is not None:
+            if phase == self.profiled:
+                self.profiler.disable()
+                self.profiler.dump_stats(self.profile_file)
+            elif PHASES.index(phase) + 1 < len(PHASES) and PHASES[PHASES.index(phase) + 1] == self.profiled:
+                self.profiler.enable()
         print(f"  {phase} done: wall {wall - self.wall0:.1f} s, CPU {cpu - self.cpu0:.1f} s so far", file=sys.stderr,
               flush=True)
 
@@ -176,7 +191,7 @@ def diameter(graph: list[list[int]], sample: int, rng: random.Random) -> int:
 
 
 async def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
-    clock = PhaseClock()
+    clock = PhaseClock(args.profile)
     rng = random.Random(args.seed)
     n, relays = args.nodes, args.relays
     keys = [nacl.signing.SigningKey(rng.randbytes(32)) for _ in range(n)]
@@ -342,6 +357,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--remove-share", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--profile", default=None, metavar="PHASE:FILE",
+                        help=f"profile one phase ({', '.join(PHASES)}) with cProfile, stats to FILE")
     args = parser.parse_args(argv)
     if args.relays is None:
         args.relays = max(3, args.nodes // 100)
