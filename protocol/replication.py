@@ -598,6 +598,13 @@ def _forget(rep: Replicator, peer: PeerState, feed: bytes) -> None:
     peer.their_seq.pop(feed, None)
     peer.distrusted.discard(feed)
     if rep.streamer.get(feed) == peer.id:
-        rep._stop_streaming(feed)
+        if feed in peer.stream_due:  # never asked: nothing to stop (so stop_due stays bounded too)
+            peer.stream_due.discard(feed)
+            peer.streaming_from.discard(feed)
+            del rep.streamer[feed]
+            rep.lagging.pop(feed, None)
+            rep.last_progress.pop(feed, None)
+        else:
+            rep._stop_streaming(feed)
     if feed not in rep.clock:
         rep.behind.pop(feed, None)
