@@ -26,20 +26,25 @@ class Quota:
 
 
 class OfferBudget:
-    """The sender's side of a peer's quota: a token bucket that starts where the peer's stood when it said
-    `hello` and refills at the peer's rate, so it never holds more than the peer's own bucket (which refills
-    at the same rate from at least that level), plus the peer's room in total."""
+    """The sender's side of a peer's quota: a token bucket that starts a tenth of an hour's quota below
+    where the peer's stood when it said `hello` and refills at the peer's rate up to that much below its
+    cap, so it never holds more than the peer's own bucket (which refills at the same rate from at least
+    that level) even when what we offered reaches the peer minutes later; plus the peer's room in total."""
 
     def __init__(self, quota: Quota, now: float) -> None:
         self.per_hour = max(quota.per_hour, 0)
-        self.level = float(min(max(quota.now, 0), max(self.per_hour, quota.now)))
+        # the receiver counts a feed when its entries arrive, later than we count it: a tenth of an hour's
+        # quota kept in hand covers deliveries up to 6 minutes late (at any rate)
+        self.margin = (self.per_hour + 9) // 10
+        self.cap = self.per_hour - self.margin
+        self.level = float(min(max(quota.now, 0), self.per_hour) - self.margin)
         self.room = max(quota.room, 0)
         self.updated = now
         self.offered = 0
 
     def _refill(self, now: float) -> None:
         if now > self.updated:
-            self.level = min(float(self.per_hour), self.level + (now - self.updated) * self.per_hour / 3600)
+            self.level = min(float(self.cap), self.level + (now - self.updated) * self.per_hour / 3600)
             self.updated = now
 
     def take(self, now: float) -> bool:
@@ -54,12 +59,3 @@ class OfferBudget:
     def ready(self, now: float) -> bool:
         self._refill(now)
         return self.level >= 1 and self.offered < self.room
-
-    def next_at(self, now: float) -> float | None:
-        """When the next new feed may be offered; None if never on this connection (room used up)."""
-        self._refill(now)
-        if self.offered >= self.room or self.per_hour <= 0 and self.level < 1:
-            return None
-        if self.level >= 1:
-            return now
-        return now + (1 - self.level) * 3600 / self.per_hour
