@@ -22,6 +22,7 @@ from protocol.offers import NEW_FEEDS_PER_HOUR
 
 JUNK = 3_000  # three times what the receiving relay takes from one peer in its first hour
 HOUR = 3600.0
+SLOW_TIMERS = {"replication_tick": 2.0, "poll_interval": 1.0}  # an hour of virtual time, few wake-ups
 FIRST = NEW_FEEDS_PER_HOUR - NEW_FEEDS_PER_HOUR // 10  # offered at once: the quota less the sender's margin
 
 
@@ -47,9 +48,9 @@ async def test_a_relay_full_of_junk_offers_another_relay_only_what_its_quota_tak
 
     async with trio.open_nursery() as nursery:
         net = Net(tmp_path, nursery)
-        flooded = await net.add(relay=True, prepare=fed)
+        flooded = await net.add(relay=True, prepare=fed, **SLOW_TIMERS)
         assert flooded.address is not None
-        receiver = await net.add([flooded.address], relay=True, prepare=follows)
+        receiver = await net.add([flooded.address], relay=True, prepare=follows, **SLOW_TIMERS)
         named = {receiver.owner, honest}
         await wait_until(lambda: flooded.owner in receiver.sessions and receiver.owner in flooded.sessions)
         session = receiver.sessions[flooded.owner]
@@ -89,10 +90,10 @@ async def test_a_stated_quota_is_kept_and_a_relay_that_states_none_gets_the_spec
 
     async with trio.open_nursery() as nursery:
         net = Net(tmp_path, nursery)
-        flooded = await net.add(relay=True, prepare=fed)
+        flooded = await net.add(relay=True, prepare=fed, **SLOW_TIMERS)
         assert flooded.address is not None
         limits = RelayLimits(new_feeds_per_peer_per_hour=40)
-        receiver = await net.add([flooded.address], relay=True, relay_limits=limits)
+        receiver = await net.add([flooded.address], relay=True, relay_limits=limits, **SLOW_TIMERS)
         await wait_until(lambda: flooded.owner in receiver.sessions)
         await wait_until(lambda: strangers_held(receiver, {receiver.owner}) >= 36, timeout=60)  # 40 less 4
         await trio.sleep(HOUR / 2)
