@@ -31,6 +31,9 @@ from .web.access import WebConfigError, WebOptions, WebStartError
 
 log = logging.getLogger("p2pnode.run")
 STATUS_INTERVAL = 0.5
+# node.json is written at most this often: during a sync `changed` fires for every batch, and each write
+# costs the event loop a status snapshot and a file replace
+STATUS_MIN_SPACING = 0.25
 
 
 class ConfigError(Exception):
@@ -197,9 +200,11 @@ async def _write_status(home: Path, node: Node, extra: dict[str, str], progress:
                 log.warning("cannot write %s (%s); `status` may be out of date until it can", home / RUNTIME_FILE,
                             exc.strerror or exc)
             failing = True
+        written = trio.current_time()
         with trio.move_on_after(STATUS_INTERVAL):
             await node.changed.wait()
-        await trio.sleep(0.05)  # coalesce bursts of changes
+        # coalesce bursts of changes
+        await trio.sleep(max(0.05, STATUS_MIN_SPACING - (trio.current_time() - written)))
 
 
 RUNTIME_BLOCK = 4096
