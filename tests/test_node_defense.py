@@ -222,7 +222,7 @@ async def test_relay_with_many_feeds_sends_notes_within_the_limit(
         relay = await net.add(prepare=prepare, relay=True)
         peer = await RawPeer.connect(net, relay, raw_key(60))
         # a relay's hello stating room for every feed: all are noted (within a smaller one, protocol/offers.py)
-        await peer.send(wire.Hello(wire.PROTOCOL_VERSION, (), None, True, None, (count, count, count)))
+        await peer.send(wire.Hello(wire.PROTOCOL_VERSION, (), None, True, None, (2 * count,) * 3))
         await peer.send(wire.Want({}, (), True))
         noted: dict[bytes, int] = {}
         relay_wants_all = False
