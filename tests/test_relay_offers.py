@@ -5,20 +5,23 @@
 # feeds the receiver follows flow meanwhile. In-process relays on the memory network under the virtual clock.
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import nacl.signing
+import pytest
 import trio
 import trio.testing
 from memnodes import Net, RawPeer, chain, raw_key, wait_until
 from test_relay_quota import follow, junk
 
 from p2pnode.node import Node
+from p2pnode.peerbook import TokenBucket
 from p2pnode.relaypolicy import RelayLimits
 from p2pnode.store import Store
 from protocol import wire
 from protocol.log import Entry
-from protocol.offers import NEW_FEEDS_PER_HOUR
+from protocol.offers import NEW_FEEDS_PER_HOUR, OfferBudget, Quota
 
 JUNK = 3_000  # three times what the receiving relay takes from one peer in its first hour
 HOUR = 3600.0
@@ -121,3 +124,27 @@ async def hand_over(net: Net, node: Node, entries: list[Entry]) -> None:
     await peer.send(wire.entries_message(entries))
     await peer.ping(3)
     await peer.conn.aclose()
+
+
+@pytest.mark.parametrize("per_hour", [40, 1_000])
+def test_offers_delivered_up_to_six_minutes_late_never_exceed_the_receivers_quota(per_hour: int) -> None:
+    """The sender counts a feed when it offers it, the receiver when its entries arrive: with every delivery
+    up to 360 s late (at random), the receiver's own bucket (p2pnode/relaypolicy.py's) always has room;
+    and without the sender's margin it would not."""
+    rng = random.Random(per_hour)
+
+    def refusals(margin: bool) -> int:
+        budget = OfferBudget(Quota(per_hour, per_hour, 10**9), 0.0)
+        if not margin:  # the same bucket without the tenth kept in hand
+            budget.cap, budget.level = float(per_hour), float(per_hour)
+        arrivals = []
+        now = 0.0
+        while now < 6 * HOUR:
+            while budget.take(now):
+                arrivals.append(now + (360 if now == 0 else rng.uniform(0, 360)))  # the first burst: late
+            now += rng.uniform(0, 60)
+        receiver = TokenBucket(per_hour, per_hour / HOUR, 0.0)
+        return sum(not receiver.take(when) for when in sorted(arrivals))
+
+    assert refusals(margin=True) == 0
+    assert refusals(margin=False) > 0
