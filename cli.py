@@ -627,9 +627,10 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
 @click.option("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", show_default=True, metavar="HOST:PORT",
               help="Where to accept peers; port 0 picks a free one.")
 @click.option("--advertise", default=None, metavar="HOST",
-              help="The host others dial (default: the listen host; on all interfaces, the router's UPnP "
+              help="The host others dial (default: the listen host; on all interfaces, the router's port "
                    "mapping, else the public IP two peers agree on, else this machine's address).")
-@click.option("--seed", "seed_options", multiple=True, metavar="ADDRESS", help="A peer to start from (repeatable).")
+@click.option("--seed", "seed_options", multiple=True, metavar="ADDRESS",
+              help="A peer to start from (repeatable; adds to config.toml's seed list and the seeds file).")
 @click.option("--seeds", "seeds_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A file of seed addresses, one per line (default: <home>/seeds).")
 @click.option("--hops", type=Count(0, 6), default=2, show_default=True,
@@ -641,7 +642,8 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
               help="Open every outbound connection through this SOCKS5 proxy (e.g. Tor's); needed for .onion.")
 @click.option("--tor-control", type=Count(1, 65535), default=None, metavar="PORT",
               help="Publish this node as a Tor onion service through Tor's control port on 127.0.0.1.")
-@click.option("--no-upnp", is_flag=True, help="Do not ask the home router to forward the port (UPnP).")
+@click.option("--no-upnp", is_flag=True,
+              help="Do not ask the home router to forward the port (UPnP, NAT-PMP, PCP).")
 @click.option("--no-lan", is_flag=True, help="Do not publish or look for nodes on the local network (mDNS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="How much the node logs on stderr.")
@@ -654,8 +656,9 @@ def watch_status(snapshot: Callable[[], tuple[dict[str, Any], list[str]]], inter
 @click.pass_context
 def run(ctx: click.Context, **params: Any) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM. First line on stdout: 'listening ADDRESS';
-    then 'web URL' when it serves the web app. Settings not given as flags come from <home>/config.toml
-    when it has them."""
+    then 'web URL' when it serves the web app, and 'listening ADDRESS (why)' whenever the address to dial
+    changes (a public IP learned from peers, a router port mapping, an onion service). Settings not given as
+    flags come from <home>/config.toml when it has them."""
     home = ctx.obj["home"]
     given = {name for name in params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     with user_errors():

@@ -1,6 +1,7 @@
 # The home's config file, <home>/config.toml: the same settings as `p2pnode run`'s flags, named as the flags
 # are without their dashes (`listen = "0.0.0.0:8765"`, `no-lan = true`). A flag given on the command line wins
-# over the file; the file wins over the built-in defaults. Unknown names and wrong types are one-line errors.
+# over the file, except `--seed`, which adds to the file's `seed` list; the file wins over the built-in defaults.
+# Unknown names and wrong types are one-line errors.
 from __future__ import annotations
 
 import tomllib
@@ -28,6 +29,11 @@ SETTINGS: dict[str, tuple[str, type | tuple[type, ...], str]] = {
     "web": ("web_option", str, "a string HOST:PORT or \"off\""),
     "web-public": ("web_public", bool, "true or false"),
 }
+
+
+# list settings that flags add to rather than replace: every seed given once stays in the peer book as a seed
+# anyway (spec/peers.md, "Seeds"), so a --seed that replaced the file's list would only seem to
+ADDING = {"seed_options"}
 
 
 class ConfigFileError(Exception):
@@ -80,4 +86,6 @@ def merge_config(home: Path, params: Mapping[str, Any], given: set[str]) -> dict
     for param, value in load_config(home).items():
         if param not in given:
             merged[param] = value
+        elif param in ADDING:  # a list setting: the flags' items come after the file's
+            merged[param] = tuple(dict.fromkeys([*value, *merged[param]]))
     return merged

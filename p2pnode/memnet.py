@@ -21,16 +21,33 @@ class MemoryNetwork:
     def __init__(self, *, bandwidth: float | None = None, buffered: bool = True) -> None:
         self.listeners: dict[tuple[str, int], tuple[Handler, trio.Nursery]] = {}
         self._ports = itertools.count(10_000)
-        self.down: set[str] = set()  # hosts that are unreachable (simulated partition or churn)
+        # hosts cut off (a partition, churn): dials to or from them are refused, and what is sent on their open
+        # links waits until they are back, as TCP holds data while packets are dropped
+        self.down: set[str] = set()
         self.bandwidth = bandwidth
         self.buffered = buffered
+        self._back: trio.Event | None = None
 
-    def pair(self) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    def pair(self, hosts: tuple[str, str]) -> tuple[trio.abc.Stream, trio.abc.Stream]:
         ours, theirs = (trio.testing.memory_stream_pair() if self.buffered
                         else trio.testing.lockstep_stream_pair())
         if self.bandwidth is not None:
-            return Throttled(ours, self.bandwidth), Throttled(theirs, self.bandwidth)
-        return ours, theirs
+            ours, theirs = Throttled(ours, self.bandwidth), Throttled(theirs, self.bandwidth)
+        return Link(ours, self, hosts), Link(theirs, self, hosts)
+
+    def cut(self, host: str) -> None:
+        self.down.add(host)
+
+    def restore(self, host: str) -> None:
+        self.down.discard(host)
+        if self._back is not None:
+            self._back.set()
+            self._back = None
+
+    async def wait_restored(self) -> None:
+        if self._back is None:
+            self._back = trio.Event()
+        await self._back.wait()
 
     def interface(self, host: str) -> MemoryInterface:
         return MemoryInterface(self, host)
@@ -60,9 +77,32 @@ class MemoryInterface:
         if entry is None or host in self.network.down or self.host in self.network.down:
             raise OSError(errno.ECONNREFUSED, f"connection to {host}:{port} refused")
         handler, nursery = entry
-        ours, theirs = self.network.pair()
+        ours, theirs = self.network.pair((self.host, host))
         nursery.start_soon(handler, theirs)
         return ours
+
+
+class Link(trio.abc.Stream):
+    """One end of a link between two hosts: a send waits while either host is cut off."""
+
+    def __init__(self, inner: trio.abc.Stream, network: MemoryNetwork, hosts: tuple[str, str]) -> None:
+        self.inner = inner
+        self.network = network
+        self.hosts = hosts
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        while self.hosts[0] in self.network.down or self.hosts[1] in self.network.down:
+            await self.network.wait_restored()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class Throttled(trio.abc.Stream):

@@ -75,6 +75,9 @@ class NodeConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 120.0
     ping_interval: float = 30.0
+    # a peer silent this long after our ping, while we wait to read, is gone (a partition, a dead NAT mapping):
+    # found within ping_interval + pong_timeout instead of idle_timeout
+    pong_timeout: float = 20.0
     send_timeout: float = 60.0  # a peer that stops reading for this long is dropped
     forget_interval: float = 60.0
     poll_interval: float = 0.01

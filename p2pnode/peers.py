@@ -17,7 +17,7 @@ from .admission import AWAITING_HELLO, peer_ip
 from .connection import TransportError, client_handshake, server_handshake
 from .reach import probe_address, remote_ip
 from .render import log_text
-from .seeds import classify
+from .seeds import GIVE_UP_S, classify
 from .session import PeerGone, Session
 from .store import Store
 
@@ -38,6 +38,7 @@ class Peers:
         self.dialing: dict[str, bytes] = {}  # address -> key, until its session ends
         self.probing: set[str] = set()
         self.next_dial: dict[str, float] = {}
+        self.failing: dict[str, bytes] = {}  # addresses whose last dial failed -> the key they should prove
         self.relays: set[bytes] = set()  # keys whose hello said relay
         self.network_back = trio.Event()  # set when a dial succeeds after failures: redial the rest at once
 
@@ -75,6 +76,8 @@ class Peers:
         if session.hello.relay:
             self.relays.add(session.key)
         log.info("peer %s connected (%s)", feed_id(session.key)[:12], "outbound" if session.outbound else "inbound")
+        if not session.outbound and session.key in self.failing.values():
+            self._network_is_back()  # a peer we could not reach reached us: the way between us is open again
         self.node.notify()
 
     def close_blocked(self, blocked: set[bytes]) -> None:
@@ -120,6 +123,7 @@ class Peers:
     async def dial_loop(self) -> None:
         node = self.node
         next_forget = trio.current_time()
+        node.reach.dial_problems.load(await node.db.read(Store.peer_problems))  # kept from earlier runs
         while True:
             if trio.current_time() >= next_forget:
                 await node.db.write(Store.forget_peers, self.config.max_failures, self.config.peer_book_size)
@@ -197,9 +201,13 @@ class Peers:
                                                                            config.handshake_timeout))
                 log.log(logging.WARNING if record.given_up else logging.INFO, "dial %s failed: %s%s",
                         log_text(address), log_text(record.failure.text),
-                        "; not dialled again by this run" if record.given_up else "")
+                        f"; not dialled again for {GIVE_UP_S:g} s" if record.given_up else "")
+                await node.db.write(Store.peer_problem, address, record.failure.kind, record.failure.text,
+                                    record.count, int(record.at * 1000), int(record.retry_at * 1000))
+                self.failing[address] = key
                 await self._backoff(address, failed=True)
                 return
+            self.failing.pop(address, None)
             node.reach.dial_problems.connected(address)
             if await node.db.read(Store.peer_failures, address) > 0:
                 self._network_is_back()
@@ -217,8 +225,8 @@ class Peers:
             self.dialing.pop(address, None)
 
     def _network_is_back(self) -> None:
-        """A peer that failed before answers again (a partition healed, the laptop woke): the addresses
-        waiting on their backoff are tried at once instead of at their timers."""
+        """A peer that failed before answers again, or connects to us (a partition healed, the laptop woke):
+        the addresses waiting on their backoff are tried at once instead of at their timers."""
         self.next_dial.clear()
         self.network_back.set()
 

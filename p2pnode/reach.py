@@ -235,8 +235,8 @@ def describe_reachability(info: dict[str, Any] | None, now: float, listen_port: 
     reasons = "; ".join(info.get("reasons") or []) or "no reason given"
     port = where.rsplit(":", 1)[-1]
     return (f"no: peers could not connect to {where} ({reasons}; {ago}); forward TCP port {port} on your "
-            "router to this machine (or enable UPnP on the router), or give --advertise the host that reaches "
-            "this node; it can still dial out and sync")
+            "router to this machine (or enable UPnP or NAT-PMP on the router), or give --advertise the host that "
+            "reaches this node; it can still dial out and sync")
 
 
 def _ago(seconds: float) -> str:
@@ -275,6 +275,7 @@ class Reach:
         self.checking = 0  # dial-back checks running for peers
         self.port_mapping: PortMapping | None = None
         self.onion: OnionState | None = None
+        self.address_reason = "at start"  # why the advertised address last changed (runner's `listening` line)
 
     def start(self, nursery: trio.Nursery, host: str, port: int) -> Address:
         """The node listens at host:port: choose its address, start LAN discovery, UPnP and Tor as configured."""
@@ -302,17 +303,20 @@ class Reach:
         if external != self.me.mapped:
             self.me.mapped = external
             self.me.recheck()  # earlier checks saw the router closed
-            self._address_changed()
+            method = self.port_mapping.method if self.port_mapping is not None else None
+            self._address_changed(f"port opened by {method or 'the router'}" if external is not None
+                                  else "the router's port mapping was lost")
 
     def _onion_published(self, onion: str | None) -> None:
         self.me.onion = onion
-        self._address_changed()
+        self._address_changed("onion service published" if onion is not None else "onion service gone")
 
-    def _address_changed(self) -> None:
+    def _address_changed(self, reason: str) -> None:
         """Advertise the new address from now on, and ask connected peers to check it."""
         node = self.node
         node.address = self.me.address()
-        log.info("this node's address is now %s", node.address)
+        self.address_reason = reason
+        log.info("this node's address is now %s (%s)", node.address, reason)
         for session in list(node.sessions.values()):
             address = self.me.should_ask(session.key, trio.current_time()) if session.closing is None else None
             if address is not None:
@@ -325,8 +329,10 @@ class Reach:
         """What a peer's hello tells about us: the IP it sees us at; then ask it to dial us back, if our
         address needs more checks."""
         if self.me.observe(session.key, hello.observed):
-            log.info("peers agree they see this node at %s", self.me.public_ip())
-            self._address_changed()
+            public = self.me.public_ip()
+            count = sum(1 for ip in self.me.observed.values() if ip == public)
+            log.info("peers agree they see this node at %s", public)
+            self._address_changed(f"public address learned from {count} peers")
         address = self.me.should_ask(session.key, trio.current_time())
         if address is not None:
             session.queue(wire.Check(address))

@@ -1,6 +1,7 @@
 # `p2pnode run`: reads the seeds, opens the home's store, runs the Node until SIGINT or SIGTERM, prints the
-# `listening ADDRESS` line, keeps node.json (what `status`, `peers` and `whoami` show) up to date, and
-# shuts down cleanly: goodbye to every peer, store closed, node.json removed, exit 0.
+# `listening ADDRESS` line (and `listening ADDRESS (why)` each time the advertised address changes), keeps
+# node.json (what `status`, `peers` and `whoami` show) up to date, and shuts down cleanly: goodbye to every
+# peer, store closed, node.json removed, exit 0.
 from __future__ import annotations
 
 import dataclasses
@@ -175,12 +176,31 @@ async def _main(home: Path, key: nacl.signing.SigningKey, store: Store, config: 
             sys.stdout.flush()
             progress = SyncProgress(node)
             nursery.start_soon(_write_status, home, node, extra, progress)
+            nursery.start_soon(_announce_address, node, str(address))
             nursery.start_soon(log_progress, progress)
             async for signum in signals:
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 break
             await node.stop()
             nursery.cancel_scope.cancel()
+
+
+async def _announce_address(node: Node, printed: str) -> None:
+    """A new `listening ADDRESS (why)` line on stdout whenever the address the node advertises changes."""
+    seen = node.address
+    while True:
+        await node.changed.wait()
+        if node.address is seen:  # the common case during a sync: nothing to compare
+            continue
+        seen = node.address
+        if seen is not None and str(seen) != printed:
+            printed = str(seen)
+            try:
+                sys.stdout.write(f"listening {printed} ({node.reach.address_reason})\n")
+                sys.stdout.flush()
+            except OSError:  # nobody reads stdout any more (`run | head -1`): the node goes on without it
+                log.info("stdout is closed: no more 'listening' lines")
+                return
 
 
 async def _write_status(home: Path, node: Node, extra: dict[str, str], progress: SyncProgress) -> None:

@@ -1,7 +1,8 @@
 # Seeds a user manages (the <home>/seeds file: add, remove, list) and what the node learned about each address
 # it dialled: a failed dial is classified by what was found there (nothing listening, no such host, a server
 # that does not speak the handshake, a p2pnode node that does not hold the key we dialled), so the user reads
-# the cause, and an address proven wrong is not dialled again by this run (spec/peers.md, "Dial failures").
+# the cause, and an address proven wrong is not dialled again for GIVE_UP_S, kept in the peer book so that a
+# restarted node remembers it (spec/peers.md, "Dial failures").
 from __future__ import annotations
 
 import errno
@@ -26,6 +27,7 @@ WRONG_KINDS = ("key-mismatch", "not-p2pnode")
 # kinds that are probably wrong (a typo in a name, another network key), given up after this many in a row
 DOUBTFUL_KINDS = ("no-such-host", "other-network")
 DOUBTFUL_LIMIT = 3
+GIVE_UP_S = 3600.0  # an address given up on is dialled again this long after its last failure
 MAX_RECORDS = 2_000
 
 
@@ -82,22 +84,33 @@ def classify(address: str, key: bytes, exc: BaseException, timeout: float) -> Di
 @dataclass
 class _Record:
     failure: DialFailure
-    count: int
-    at: float
-    given_up: bool
+    count: int  # failures of this kind in a row
+    at: float  # wall-clock time of the last one
+    retry_at: float  # given up on until then (wall clock); 0 when it is dialled with the usual backoff
+
+    @property
+    def given_up(self) -> bool:
+        return self.retry_at > 0
 
 
 class DialProblems:
-    """The last failure of each address this run dialled, until it next connects; which ones it gave up on."""
+    """The last failure of each address dialled (this run's, and those loaded from the peer book), until it
+    next connects; which ones are given up on, and until when."""
 
     def __init__(self) -> None:
         self._records: dict[str, _Record] = {}
 
-    def failed(self, address: str, failure: DialFailure) -> _Record:
+    def load(self, rows: list[tuple[str, str, str, int, int, int]]) -> None:
+        """The peer book's problems (Store.peer_problems: address, kind, text, count, at ms, retry_at ms)."""
+        for address, kind, text, count, at_ms, retry_ms in rows:
+            self._records[address] = _Record(DialFailure(kind, text), count, at_ms / 1000, retry_ms / 1000)
+
+    def failed(self, address: str, failure: DialFailure, now: float | None = None) -> _Record:
+        now = time.time() if now is None else now
         old = self._records.get(address)
         count = old.count + 1 if old is not None and old.failure.kind == failure.kind else 1
         given_up = failure.kind in WRONG_KINDS or (failure.kind in DOUBTFUL_KINDS and count >= DOUBTFUL_LIMIT)
-        record = _Record(failure, count, time.time(), given_up)
+        record = _Record(failure, count, now, now + GIVE_UP_S if given_up else 0.0)
         self._records.pop(address, None)
         self._records[address] = record
         while len(self._records) > MAX_RECORDS:  # the oldest first (dicts keep insertion order)
@@ -107,13 +120,16 @@ class DialProblems:
     def connected(self, address: str) -> None:
         self._records.pop(address, None)
 
-    def given_up(self, address: str) -> bool:
+    def given_up(self, address: str, now: float | None = None) -> bool:
+        """Whether `address` must not be dialled now (given up on, and its retry time not come)."""
         record = self._records.get(address)
-        return record is not None and record.given_up
+        return record is not None and record.retry_at > (time.time() if now is None else now)
 
     def report(self) -> list[dict[str, Any]]:
+        now = time.time()
         return [{"address": address, "kind": r.failure.kind, "problem": r.failure.text, "failures": r.count,
-                 "at": int(r.at), "given_up": r.given_up} for address, r in self._records.items()]
+                 "at": int(r.at), "given_up": r.retry_at > now, "retry_at": int(r.retry_at) if r.retry_at else None}
+                for address, r in self._records.items()]
 
 
 # ------------------------------------------------------------ the seeds file
@@ -192,6 +208,11 @@ def seed_list(home: Path, book: list[dict[str, Any]], running: dict[str, Any] | 
     rows = {row["address"]: row for row in book if row["source"] == "seed"}
     connected = {p.get("id") for p in (running or {}).get("peers", [])}
     problems = {p["address"]: p for p in (running or {}).get("dial_problems", []) if isinstance(p, dict)}
+    if running is None:  # no node running: what the peer book kept of the last run's failed dials
+        now_ms = time.time() * 1000
+        problems = {row["address"]: {"problem": row["problem"], "given_up": (row.get("retry_at") or 0) > now_ms,
+                                     "retry_at": (row.get("retry_at") or 0) // 1000 or None}
+                    for row in rows.values() if row.get("problem")}
     result = []
     for address in dict.fromkeys([*in_file, *rows]):
         row = rows.get(address, {})
@@ -203,6 +224,7 @@ def seed_list(home: Path, book: list[dict[str, Any]], running: dict[str, Any] | 
         if problem is not None:
             item["problem"] = problem.get("problem")
             item["given_up"] = bool(problem.get("given_up"))
+            item["retry_at"] = problem.get("retry_at")
         result.append(item)
     return result
 

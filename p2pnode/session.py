@@ -97,6 +97,9 @@ class Session:
         self.wake = trio.Event()
         self.pong_due: int | None = None
         self.ping_due: int | None = None
+        self.ping_sent = trio.Event()  # set by the writer when the due ping has left
+        self.messages_received = 0
+        self.receiving_since: float | None = None  # the reader waits on the network since then
         self.peers_due = True
         self.received_entries = 0
         self.request_budget = RequestBudget(node.config.request_rate, node.config.request_burst)
@@ -202,6 +205,7 @@ class Session:
             return wire.Pong(nonce)
         if self.ping_due is not None:
             nonce, self.ping_due = self.ping_due, None
+            self.ping_sent.set()  # the writer sends it next: the pinger's deadline counts from about now
             return wire.Ping(nonce)
         if self.outbox:
             return self.outbox.popleft()
@@ -265,10 +269,25 @@ class Session:
         node.replicator.backfill_sent(self.handle, author, rows[len(rows) - len(batch)][0], len(batch))
 
     async def _pinger(self) -> None:
+        config = self.node.config
         for nonce in itertools.count(1):
-            await trio.sleep(self.node.config.ping_interval)
+            await trio.sleep(config.ping_interval)
+            self.ping_sent = trio.Event()
             self.ping_due = nonce
             self.poke()
+            await self.ping_sent.wait()
+            await self._await_answer(trio.current_time(), self.messages_received, config.pong_timeout)
+
+    async def _await_answer(self, sent_at: float, received: int, timeout: float) -> None:
+        """Return once anything arrives after the ping; raise PeerGone when the reader has waited on the
+        network for `timeout` since the ping left with nothing arriving. Time the reader spends held back by
+        our own pipeline (backpressure) does not count against the peer."""
+        while self.messages_received == received:
+            waiting = self.receiving_since
+            if waiting is not None and trio.current_time() - max(waiting, sent_at) >= timeout:
+                raise PeerGone(Reason.TIMEOUT, f"no answer to a ping for {timeout:g} s")
+            start = max(waiting if waiting is not None else trio.current_time(), sent_at)
+            await trio.sleep(max(start + timeout - trio.current_time(), timeout / 20))
 
     # ------------------------------------------------------------ the reader
 
@@ -278,7 +297,10 @@ class Session:
         last_exchange = trio.current_time()
         while True:
             try:
+                self.receiving_since = trio.current_time()
                 data = await self.conn.receive()
+                self.receiving_since = None
+                self.messages_received += 1
             except IdleTimeout:
                 raise PeerGone(Reason.TIMEOUT, f"nothing received for {node.config.idle_timeout:g} s") from None
             except TransportError as exc:

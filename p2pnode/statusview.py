@@ -120,13 +120,18 @@ def _reach_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"reachable: {describe_reachability(data['reachability'], time.time())}")
     mapping = data.get("port_mapping")
     if mapping:
-        lines.append(f"router port mapping (UPnP): {mapping.get('state')}: {mapping.get('detail')}")
+        method = mapping.get("method") or ("UPnP, NAT-PMP, PCP" if mapping.get("state") != "off" else "UPnP")
+        at = mapping.get("at")
+        mapped = mapping.get("state") == "mapped" and isinstance(at, int)
+        renewed = f"; last renewed {when(at * 1000)}" if mapped else ""
+        lines.append(f"router port mapping ({method}): {mapping.get('state')}: {mapping.get('detail')}{renewed}")
     onion = data.get("onion")
     if onion:
         lines.append(f"onion service (Tor): {onion.get('state')}: {onion.get('detail')}")
     for problem in data.get("dial_problems", []):
         lines.append(f"cannot dial {problem.get('address')}: {problem.get('problem')}"
-                     + (" (given up until the next run)" if problem.get("given_up") else ""))
+                     + (f" (not dialled again before {when(problem['retry_at'] * 1000)})"
+                        if problem.get("given_up") and isinstance(problem.get("retry_at"), int) else ""))
     return lines
 
 

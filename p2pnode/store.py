@@ -109,6 +109,15 @@ MIGRATIONS: list[tuple[int, str]] = [
     (4, """
         ALTER TABLE feeds ADD COLUMN low_seq INTEGER NOT NULL DEFAULT 1;
     """),
+    # what the last failed dial of an address found, kept across runs (spec/peers.md, "Dial failures"): an
+    # address proven wrong is not dialled before retry_at (ms), even by a restarted node
+    (5, """
+        ALTER TABLE peers ADD COLUMN problem_kind TEXT;
+        ALTER TABLE peers ADD COLUMN problem TEXT;
+        ALTER TABLE peers ADD COLUMN problem_count INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE peers ADD COLUMN problem_at INTEGER;
+        ALTER TABLE peers ADD COLUMN retry_at INTEGER NOT NULL DEFAULT 0;
+    """),
 ]
 
 BUSY_TIMEOUT_S = 30.0
@@ -732,7 +741,18 @@ class Store:
 
     def peer_connected(self, address: str) -> None:
         now = _now_ms()
-        self._peer_write("UPDATE peers SET last_seen = ?, last_attempt = ? WHERE address = ?", (now, now, address))
+        self._peer_write("UPDATE peers SET last_seen = ?, last_attempt = ?, problem_kind = NULL, problem = NULL, "
+                         "problem_count = 0, problem_at = NULL, retry_at = 0 WHERE address = ?", (now, now, address))
+
+    def peer_problem(self, address: str, kind: str, text: str, count: int, at_ms: int, retry_at_ms: int) -> None:
+        """Remember what the last failed dial of `address` found, and when it may be dialled again."""
+        self._peer_write("UPDATE peers SET problem_kind = ?, problem = ?, problem_count = ?, problem_at = ?, "
+                         "retry_at = ? WHERE address = ?", (kind, text, count, at_ms, retry_at_ms, address))
+
+    def peer_problems(self) -> list[tuple[str, str, str, int, int, int]]:
+        """(address, kind, problem, count, at ms, retry_at ms) of every address whose last dial failed."""
+        return list(self.db.execute("SELECT address, problem_kind, problem, problem_count, problem_at, retry_at "
+                                    "FROM peers WHERE problem_kind IS NOT NULL ORDER BY problem_at"))
 
     def peer_attempted(self, address: str, next_attempt_ms: int, failed: bool) -> None:
         self._peer_write("UPDATE peers SET last_attempt = ?, next_attempt = ?, "
@@ -756,7 +776,8 @@ class Store:
             "SELECT address FROM peers WHERE last_seen IS NOT NULL ORDER BY last_seen DESC LIMIT ?", (limit,))]
 
     def peer_book(self) -> list[dict[str, Any]]:
-        columns = ("address", "key", "source", "added_at", "last_seen", "last_attempt", "next_attempt", "failures")
+        columns = ("address", "key", "source", "added_at", "last_seen", "last_attempt", "next_attempt", "failures",
+                   "problem_kind", "problem", "retry_at")
         return [dict(zip(columns, row, strict=True)) for row in self.db.execute(
             f"SELECT {', '.join(columns)} FROM peers ORDER BY coalesce(last_seen, 0) DESC, address")]
 

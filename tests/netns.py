@@ -100,11 +100,12 @@ class HomeBehindNat:
     masquerades it onto `net` (11.77.0.1/24; the outside: 11.77.0.2). The outside addresses are public-looking
     on purpose (miniupnpd refuses to map onto a private or reserved external address); they exist only in these
     namespaces, which have no link to the machine's own network. With `upnp`, Debian's miniupnpd runs on the
-    router and may forward ports from 11.77.0.1 to the home namespace."""
+    router and may forward ports from 11.77.0.1 to the home namespace; with `natpmp` too, but with its UPnP
+    turned off: only NAT-PMP and PCP (UDP 5351 on the router's LAN address) answer."""
 
     HOME_IP, ROUTER_LAN_IP, ROUTER_WAN_IP, OUTSIDE_IP = "192.168.77.2", "192.168.77.1", "11.77.0.1", "11.77.0.2"
 
-    def __init__(self, lab: Lab, workdir: Path, upnp: bool) -> None:
+    def __init__(self, lab: Lab, workdir: Path, upnp: bool, natpmp: bool = False) -> None:
         self.lab = lab
         self.home, self.router, self.net = lab.namespace("h"), lab.namespace("r"), lab.namespace("n")
         _, lan = lab.link(self.home, f"{self.HOME_IP}/24", self.router, f"{self.ROUTER_LAN_IP}/24")
@@ -115,9 +116,10 @@ class HomeBehindNat:
         rules.write_text(_ROUTER_RULES.format(lan=lan, wan=wan))
         lab.run(self.router, "nft", "-f", str(rules))
         self.miniupnpd: subprocess.Popen[bytes] | None = None
-        if upnp:
+        if upnp or natpmp:
             conf = workdir / "miniupnpd.conf"
-            conf.write_text(_MINIUPNPD_CONF.format(lan=lan, wan=wan, net="192.168.77.0/24"))
+            conf.write_text(_MINIUPNPD_CONF.format(lan=lan, wan=wan, net="192.168.77.0/24",
+                                                   upnp="no" if natpmp else "yes"))
             self.log_path = workdir / "miniupnpd.log"
             with open(self.log_path, "wb") as log:
                 self.miniupnpd = subprocess.Popen(
@@ -125,7 +127,7 @@ class HomeBehindNat:
                      "-P", str(workdir / "miniupnpd.pid")], stdout=log, stderr=subprocess.STDOUT)
 
     def mappings(self) -> str:
-        """The router's UPnP DNAT rules (nft), to see a mapping appear and go."""
+        """The router's DNAT rules added by miniupnpd (nft), to see a mapping appear and go."""
         return self.lab.run(self.router, "nft", "list", "chain", "inet", "filter", "UPnP")
 
     def close(self) -> None:
@@ -168,7 +170,7 @@ _MINIUPNPD_CONF = """ext_ifname={wan}
 listening_ip={lan}
 http_port=0
 enable_natpmp=yes
-enable_upnp=yes
+enable_upnp={upnp}
 secure_mode=yes
 system_uptime=yes
 uuid=3b1f6c1e-5d6a-4f3e-9a51-2c1d0e7f8a90

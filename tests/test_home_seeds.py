@@ -154,6 +154,24 @@ def test_non_p2pnode_server_is_named_and_not_dialled_again(tmp_path: Path, nodes
         seeds = {row["address"]: row for row in seed_rows(home)}
         assert seeds[wrong]["given_up"] is True and "not a p2pnode node?" in seeds[wrong]["problem"]
         assert "connection refused" in seeds[canary]["problem"]
+
+        # the peer book keeps it: `seeds` shows it with no node running, and a restarted node neither
+        # redials the HTTP server (until its retry time, an hour on) nor forgets to show it
+        assert node.stop() == 0
+        seeds = {row["address"]: row for row in seed_rows(home)}
+        assert seeds[wrong]["given_up"] is True and "not a p2pnode node?" in seeds[wrong]["problem"]
+        assert seeds[wrong]["retry_at"] >= found["at"] + 3600
+        before = seeds[canary]["failures"]
+        nodes.append(restarted := NodeProcess(home, "--seed", wrong, "--seed", canary))
+        wait_for(lambda: problem(wrong) is not None, WAIT_S, "the restarted node's status")
+        found_again = problem(wrong)
+        assert found_again is not None and found_again["given_up"] is True, found_again
+        assert found_again["problem"] == found["problem"]
+        assert f"cannot dial {wrong}: 127.0.0.1:{server.port} did not answer the handshake: not a p2pnode node? " \
+               "(not dialled again before in 1 h" in cli_ok(home, "status")
+        wait_for(lambda: (problem(canary) or {}).get("failures", 0) >= before + 2, WAIT_S,
+                 "two more failed dials of the canary after the restart")
+        assert server.accepted == 1, restarted.log_text()
     finally:
         server.close()
 
@@ -231,6 +249,19 @@ def test_config_file_settings_and_flags_winning(tmp_path: Path, nodes: list[Node
     node.stop()
     nodes.append(node := NodeProcess(home, "--advertise", "127.0.0.8"))
     assert node.address.startswith("127.0.0.8:"), node.address
+
+
+def test_seed_flags_add_to_the_config_files_seeds(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    home = tmp_path / "home"
+    init_home(home)
+    in_file = f"127.0.0.1:4567/{other_id(tmp_path, 'a')}"
+    on_line = f"127.0.0.1:4568/{other_id(tmp_path, 'b')}"
+    (home / "config.toml").write_text(f'seed = ["{in_file}"]\n')
+    nodes.append(node := NodeProcess(home, "--seed", on_line))
+    wait_for(lambda: len(status(home).get("dial_problems", [])) == 2, WAIT_S, "both seeds dialled")
+    assert {p["address"] for p in status(home)["dial_problems"]} == {in_file, on_line}
+    assert {row["address"] for row in seed_rows(home)} == {in_file, on_line}
+    assert node.stop() == 0
 
 
 @pytest.mark.parametrize("text, words", [

@@ -327,8 +327,10 @@ async def test_silent_seed_gets_one_connection_at_a_time(
         net = Net(tmp_path, nursery)
         host, port = await net.serve("10.9.9.8", silent)
         await net.add(seeds=[Address(host, port, bytes(seed_key.verify_key))])
-        await trio.sleep(100)  # less than idle_timeout: that one connection is still open
-        assert (accepted, open_now, most_open) == (1, 1, 1)
+        await trio.sleep(100)
+        # the silent seed is dropped by the ping deadline (after 50 s) and dialled again after its backoff:
+        # never two connections at once, and no more than one per deadline
+        assert most_open == 1 and 1 <= accepted <= 2
         nursery.cancel_scope.cancel()
 
 
