@@ -11,6 +11,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from protocol.log import peek_author
+from protocol.offers import Quota
+from protocol.replication import Replicator
+from protocol.wire import Hello
 
 from .peerbook import TokenBucket
 from .store import Store
@@ -84,6 +87,16 @@ class RelayPolicy:
         self.held += 1
         return None
 
+    def quota_for(self, peer: bytes, now: float) -> tuple[int, int, int]:
+        """What this relay tells `peer` in its `hello` (spec/wire.md, hello.quota): how many new feeds it
+        takes from that peer now, per hour after that, and in total before it refuses strangers."""
+        bucket = self._peers.get(peer)
+        level = bucket.level(now) if bucket is not None else self.limits.new_feeds_per_peer_per_hour
+        if self._all is not None:
+            level = min(level, self._all.level(now))
+        room = max(0, self.limits.max_feeds - self.held)
+        return int(level), self.limits.new_feeds_per_peer_per_hour, room
+
     def retry_reason(self, peer: bytes, now: float) -> str:
         """The `rate-limited:` close reason for a peer over its quota, with when to come back."""
         bucket = self._bucket(peer, now)
@@ -101,3 +114,11 @@ class RelayPolicy:
                 self._peers.popitem(last=False)
         self._peers.move_to_end(peer)
         return bucket
+
+
+def heard_quota(replicator: Replicator, handle: int, hello: Hello) -> None:
+    """A peer's `hello` stated its new-feed quota for us: what we offer it, if it wants all, stays within
+    it (protocol/offers.py). A peer that states none is assumed to keep spec/replication.md's figures."""
+    state = replicator.peers.get(handle)
+    if state is not None and hello.quota is not None:
+        state.quota = Quota(*hello.quota)

@@ -18,6 +18,7 @@ from protocol.ids import feed_id
 
 from .admission import ESTABLISHED, Ticket
 from .connection import Connection, IdleTimeout, TransportError
+from .relaypolicy import heard_quota
 from .render import log_text
 from .store import Store
 from .verifier import Pending
@@ -212,8 +213,9 @@ class Session:
 
     async def _writer(self) -> None:
         node = self.node
+        quota = node.relay_policy.quota_for(self.key, trio.current_time()) if node.config.relay else None
         await self._send(wire.Hello(wire.PROTOCOL_VERSION, (), str(node.address) if node.address else None,
-                                    node.config.relay, self.remote_ip))
+                                    node.config.relay, self.remote_ip, quota))
         while True:
             message = self._next_control()
             if message is not None:
@@ -324,6 +326,7 @@ class Session:
             if self.hello is not None:
                 raise wire.WireError("a second hello")
             self.hello = message
+            heard_quota(node.replicator, self.handle, message)  # what we may offer it (relaypolicy.py)
             if self.ticket is not None and (refusal := node.admission.advance(self.ticket, ESTABLISHED)):
                 raise PeerGone(Reason.RATE_LIMITED, refusal.split(": ", 1)[-1])
             node.peers.register(self)

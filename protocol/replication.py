@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from . import wire
 from .errors import Reason, RemoteProtocolError
+from .offers import MAX_STRANGER_NOTES, OfferBudget, Quota
 
 SWITCH_DELAY = 1.0  # s a note may show more than we hold before another peer is asked to stream the feed
 STALL_TIMEOUT = 5.0  # s a streaming peer that claims more than it delivers may go without sending anything
@@ -41,6 +42,10 @@ class PeerState:
     distrusted: set[bytes] = field(default_factory=set)  # feeds it claimed and did not deliver
     received: int = 0
     sent: int = 0
+    quota: Quota | None = None  # its new-feed quota for us, as its hello stated it (protocol/offers.py)
+    offers: OfferBudget | None = None  # a peer that wants all: what of its quota is left to offer
+    cursor: int = 0  # a peer that wants all: the feeds before this place in `Replicator.order` were offered
+    strangers: dict[bytes, None] = field(default_factory=dict)  # noted feeds nobody named, oldest first
 
     def has_work(self) -> bool:
         return bool(self.notes_due or self.stream_due or self.stop_due or self.dirty or self.backfill_due
@@ -77,6 +82,10 @@ class Replicator:
         # the status look at, so their cost follows what is in flight, not how many feeds a relay holds
         self.behind: dict[bytes, int] = {}
         self.touched: set[int] = set()
+        self.max_stranger_notes = MAX_STRANGER_NOTES
+        self.order: list[bytes] = []  # every feed this node has held, in the order it first held it
+        self.position: dict[bytes, int] = {}  # feed -> its place in `order`
+        self.now = 0.0  # the latest time an event brought: what offers to a relay are counted against
 
     # ------------------------------------------------------------ what we want
 
@@ -103,6 +112,8 @@ class Replicator:
                     peer.streaming_to.discard(feed)
                     peer.dirty.discard(feed)
             peer.their_want -= self.blocked
+            for feed in [f for f in peer.strangers if f in self.wanted]:
+                del peer.strangers[feed]
             self.touched.add(peer.id)
             # feeds a peer already told us about can be streamed from it at once
             for feed, seq in list(peer.their_seq.items()):
@@ -153,8 +164,8 @@ class Replicator:
         if len(peer.their_want) > self.max_peer_wants:
             raise RemoteProtocolError(f"the peer wants more than {self.max_peer_wants} feeds", Reason.RATE_LIMITED)
         if message.all and not peer.wants_all:
-            peer.wants_all = True
-            peer.notes_due.update(f for f in self.clock if f not in self.blocked)
+            self.now = max(self.now, now)
+            _wants_all(self, peer)
         self.touched.add(handle)
 
     def on_have(self, handle: int, message: wire.Have, now: float) -> None:
@@ -163,6 +174,8 @@ class Replicator:
         for feed, seq in message.feeds.items():
             if their_seq.get(feed, -1) < seq:  # a note repeating what it said changes nothing
                 self._note(peer, feed, seq, now)
+                if peer.wants_all and self.clock.get(feed, 0) > seq:
+                    peer.notes_due.add(feed)  # it holds that feed: telling it we hold more costs no quota
 
     def on_stream(self, handle: int, message: wire.Stream) -> None:
         peer = self.peers[handle]
@@ -181,7 +194,7 @@ class Replicator:
             peer.their_seq[feed] = held
             if self.clock.get(feed, 0) > held:
                 peer.dirty.add(feed)
-        if len(peer.their_want) > self.max_peer_wants:
+        if len(peer.their_want) > self.max_peer_wants or len(peer.streaming_to) > self.max_peer_wants:
             raise RemoteProtocolError(f"the peer wants more than {self.max_peer_wants} feeds", Reason.RATE_LIMITED)
         self.touched.add(handle)
 
@@ -243,7 +256,8 @@ class Replicator:
         if peer is None:
             return
         for feed, seq in seqs.items():
-            if self.wants(feed) or feed in peer.their_want:
+            if (self.wants(feed) or feed in peer.their_want) and (
+                    feed in peer.their_seq or len(peer.their_seq) < self.max_peer_wants):
                 peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), seq)
                 self._seen(feed, seq)
             if self.streamer.get(feed) == handle:
@@ -253,6 +267,8 @@ class Replicator:
         """The peer holds `feed` up to `seq` (a want or a have said so)."""
         if not (self.wants(feed) or feed in peer.their_want):
             return  # nothing we would do with it: not kept, so a peer cannot grow our memory with it
+        if feed not in peer.their_seq and not _room_for_note(self, peer, feed):
+            return  # a bounded number of notes per peer (spec/replication.md, "Memory per peer")
         peer.their_seq[feed] = max(peer.their_seq.get(feed, 0), seq)
         self._seen(feed, seq)
         if feed in self.low and feed not in self.backfilling:
@@ -279,6 +295,9 @@ class Replicator:
         for feed, seq in seqs.items():
             if seq <= self.clock.get(feed, 0):
                 continue
+            if feed not in self.position:
+                self.position[feed] = len(self.order)
+                self.order.append(feed)
             self.clock[feed] = seq
             self.starts.pop(feed, None)
             if seq >= self.behind.get(feed, seq + 1):
@@ -286,6 +305,7 @@ class Replicator:
             if feed in self.lagging and seq >= self._best_seq(feed):
                 del self.lagging[feed]
             for peer in self.peers.values():
+                peer.strangers.pop(feed, None)  # held now: no longer a stranger's note
                 if peer.id == source or feed in self.blocked:
                     continue
                 if peer.their_seq.get(feed, 0) >= seq:
@@ -293,9 +313,11 @@ class Replicator:
                 if feed in peer.streaming_to:
                     peer.dirty.add(feed)
                     self.touched.add(peer.id)
-                elif feed in peer.their_want or peer.wants_all:
+                elif feed in peer.their_want or (peer.wants_all and _offered(self, peer, feed)):
                     peer.notes_due.add(feed)
                     self.touched.add(peer.id)
+                elif peer.wants_all:
+                    self.touched.add(peer.id)  # not offered yet: its turn comes within the peer's quota
 
     def on_purged(self, feeds: Iterable[bytes]) -> None:
         """The store dropped these feeds (a block): nothing of them is held, sent or streamed any more."""
@@ -356,7 +378,13 @@ class Replicator:
         return True
 
     def tick(self, now: float) -> None:
-        """Time passed: replace streaming peers that fell behind another peer's note or stalled."""
+        """Time passed: replace streaming peers that fell behind another peer's note or stalled, and offer
+        relays the feeds held back for their quota as it refills."""
+        self.now = max(self.now, now)
+        for peer in self.peers.values():
+            if peer.wants_all and peer.cursor < len(self.order) and peer.offers is not None \
+                    and peer.offers.ready(now):
+                self.touched.add(peer.id)
         for feed, since in list(self.lagging.items()):
             if now - since < self.switch_delay:
                 continue
@@ -417,6 +445,8 @@ class Replicator:
             notes = {f: self.clock[f] for f in feeds if self.clock.get(f, 0) > 0 and f not in self.blocked}
             if notes:
                 return wire.Have(notes)
+        if peer.wants_all:
+            return _offer(self, peer)
         return None
 
     def next_feed(self, handle: int) -> tuple[bytes, int] | None:
@@ -492,3 +522,89 @@ def _take(items: set[bytes], limit: int) -> list[bytes]:
     while items and len(taken) < limit:
         taken.append(items.pop())
     return taken
+
+
+# ------------------------------------------------------------ offers to a relay, notes kept per peer
+
+
+def _wants_all(rep: Replicator, peer: PeerState) -> None:
+    """The peer (a relay) wants every feed: its own named feeds and those it holds are noted as usual; the
+    others, in the order this node first held them, within its new-feed quota (protocol/offers.py)."""
+    peer.wants_all = True
+    peer.offers = OfferBudget(peer.quota or Quota(), rep.now)
+    peer.cursor = 0
+    for feed, seq in peer.their_seq.items():
+        if rep.clock.get(feed, 0) > seq and feed not in rep.blocked:
+            peer.notes_due.add(feed)
+
+
+def _offered(rep: Replicator, peer: PeerState, feed: bytes) -> bool:
+    """Whether this node may note `feed` to a peer that wants all without spending its quota: the peer
+    named it, holds it, or was offered it already."""
+    return (feed in peer.their_want or peer.their_seq.get(feed, 0) > 0
+            or rep.position.get(feed, len(rep.order)) < peer.cursor)
+
+
+def _offer(rep: Replicator, peer: PeerState) -> wire.Have | None:
+    """The next `have` of feeds a relay has not heard of from us, as far as its quota allows: a feed it
+    neither named nor holds costs one; the cursor stops at the first one the quota has no room for."""
+    budget = peer.offers
+    if budget is None:
+        return None
+    notes: dict[bytes, int] = {}
+    steps = 0
+    order, clock = rep.order, rep.clock
+    while peer.cursor < len(order) and len(notes) < wire.MAX_FEEDS_PER_WANT and steps < 4 * wire.MAX_FEEDS_PER_WANT:
+        steps += 1
+        feed = order[peer.cursor]
+        seq = clock.get(feed, 0)
+        if seq == 0 or feed in rep.blocked:
+            peer.cursor += 1
+            continue
+        if feed in peer.their_want or peer.their_seq.get(feed, 0) > 0:
+            if peer.their_seq.get(feed, 0) < seq:
+                notes[feed] = seq
+            peer.cursor += 1
+            continue
+        if not budget.take(rep.now):
+            break  # held back: tick() wakes the writer when the quota has room again
+        notes[feed] = seq
+        peer.cursor += 1
+    if peer.cursor < len(order) and steps >= 4 * wire.MAX_FEEDS_PER_WANT:
+        rep.touched.add(peer.id)  # more to look at: the writer comes back after what else is due
+    return wire.Have(notes) if notes else None
+
+
+def _room_for_note(rep: Replicator, peer: PeerState, feed: bytes) -> bool:
+    """Whether to keep a peer's note of a feed not yet in its `their_seq`: at most `max_peer_wants` notes
+    in all, and of them at most `max_stranger_notes` of feeds this node neither holds nor names and the
+    peer did not name (the oldest such note is forgotten to make room for a new one)."""
+    if len(peer.their_seq) >= rep.max_peer_wants:
+        return False
+    if feed in rep.clock or feed in rep.wanted or feed in peer.their_want:
+        return True
+    if rep.max_stranger_notes <= 0:
+        return False
+    strangers = peer.strangers
+    while len(strangers) >= rep.max_stranger_notes:
+        _forget(rep, peer, next(iter(strangers)))
+    strangers[feed] = None
+    return True
+
+
+def _forget(rep: Replicator, peer: PeerState, feed: bytes) -> None:
+    """Drop what we keep about a stranger's feed that a peer noted (and stop its stream from that peer)."""
+    peer.strangers.pop(feed, None)
+    peer.their_seq.pop(feed, None)
+    peer.distrusted.discard(feed)
+    if rep.streamer.get(feed) == peer.id:
+        if feed in peer.stream_due:  # never asked: nothing to stop (so stop_due stays bounded too)
+            peer.stream_due.discard(feed)
+            peer.streaming_from.discard(feed)
+            del rep.streamer[feed]
+            rep.lagging.pop(feed, None)
+            rep.last_progress.pop(feed, None)
+        else:
+            rep._stop_streaming(feed)
+    if feed not in rep.clock:
+        rep.behind.pop(feed, None)

@@ -26,6 +26,7 @@ MAX_REFS_PER_FETCH = 1_000
 # costs at most a few MiB, whatever its bytes (spec/wire.md, "Limits")
 MAX_MESSAGE_VALUES = 40_000
 MAX_IP_CHARS = 45  # the longest IPv6 text form
+MAX_QUOTA = 2**32 - 1  # each number in hello.quota
 
 
 class WireError(ProtocolError):
@@ -43,6 +44,7 @@ class Hello:
     address: str | None = None
     relay: bool = False
     observed: str | None = None  # the IP address the sender sees this connection come from (spec/wire.md)
+    quota: tuple[int, int, int] | None = None  # a relay's new-feed quota for the receiver: now, per hour, in total
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ def _to_map(message: Message) -> dict[str, Any]:
                  "address": message.address, "relay": message.relay}
         if message.observed is not None:  # optional: absent rather than nil, so older encodings are unchanged
             hello["observed"] = message.observed
+        if message.quota is not None:
+            hello["quota"] = list(message.quota)
         return hello
     if isinstance(message, Check):
         return {"type": "check", "address": message.address}
@@ -252,7 +256,11 @@ def _hello(obj: dict[str, Any]) -> Hello:
             observed = str(ipaddress.ip_address(observed))
         except ValueError:
             raise WireError("hello.observed is not an IP address") from None
-    return Hello(version, tuple(features), address, bool(_field(obj, "relay", bool, False)), observed)
+    quota = _field(obj, "quota", (list, type(None)), None)
+    if quota is not None and (len(quota) != 3 or any(type(n) is not int or not 0 <= n <= MAX_QUOTA for n in quota)):
+        raise WireError("hello.quota must be three integers from 0 to 2^32 - 1")
+    return Hello(version, tuple(features), address, bool(_field(obj, "relay", bool, False)), observed,
+                 tuple(quota) if quota is not None else None)
 
 
 def _address_field(obj: dict[str, Any]) -> str:

@@ -221,7 +221,8 @@ async def test_relay_with_many_feeds_sends_notes_within_the_limit(
         net = Net(tmp_path, nursery)
         relay = await net.add(prepare=prepare, relay=True)
         peer = await RawPeer.connect(net, relay, raw_key(60))
-        await peer.hello()
+        # a relay's hello stating room for every feed: all are noted (within a smaller one, protocol/offers.py)
+        await peer.send(wire.Hello(wire.PROTOCOL_VERSION, (), None, True, None, (2 * count,) * 3))
         await peer.send(wire.Want({}, (), True))
         noted: dict[bytes, int] = {}
         relay_wants_all = False

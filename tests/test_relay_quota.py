@@ -12,8 +12,9 @@ import nacl.signing
 import trio
 import trio.testing
 from attackers import handshake, hello, open_tcp
+from conftest import run_cli
 from memnodes import Net, chain, wait_until
-from nodeproc import NodeProcess, init_home
+from nodeproc import NodeProcess, init_home, status_json, wait_for
 from test_node_defense import RawPeer, raw_key
 
 from p2pnode.home import STORE_FILE
@@ -150,24 +151,77 @@ async def test_a_real_relay_after_100000_junk_feeds_and_a_restart(tmp_path: Path
                 peer = await handshake(stream, node.address)
                 await peer.send(hello())
                 await peer.send(wire.entries_message(entries))
+                if number < FILLING:  # within the node-wide quota: stay until the relay holds them all
+                    await held_by(node.address, entries[-1].author, f"127.0.{number % 250 + 1}.{number // 250 + 2}")
                 await peer.send(wire.Ping(1))
                 while not isinstance(await peer.receive(), wire.Pong | wire.Close | None):
                     pass
                 await trio.aclose_forcefully(stream)
 
+        started = trio.current_time()
         with trio.fail_after(600):
-            async with trio.open_nursery() as nursery:
-                for number in range(100):
+            async with trio.open_nursery() as nursery:  # the first ten fill the node-wide quota...
+                for number in range(FILLING):
+                    nursery.start_soon(flood, number)
+            async with trio.open_nursery() as nursery:  # ...the other 90 come after
+                for number in range(FILLING, 100):
                     nursery.start_soon(flood, number)
         with Store(home / STORE_FILE, owner) as store:
             held = len(store.clock())
-        assert held <= RelayLimits().new_feeds_per_hour + 1, held
+        quota = RelayLimits().new_feeds_per_hour  # and what it refilled while the flood went on
+        assert quota - 100 <= held <= quota + 1 + quota * (trio.current_time() - started) / 3600, held
         await assert_honest_peer_stays(node)
         assert node.stop() == 0, node.log_text()
         node = NodeProcess(home, "--relay")
         await assert_honest_peer_stays(node)
+        assert_another_relay_stays(tmp_path, home, owner, node)
     finally:
         assert node.stop() == 0, node.log_text()
+
+
+def assert_another_relay_stays(tmp_path: Path, home: Path, owner: bytes, flooded: NodeProcess) -> None:
+    """A second `p2pnode run --relay` whose owner follows the flooded relay's: it gets that feed and, of
+    the junk feeds the flooded relay holds (10,000), the 900 it is offered at once (its quota of 1,000 an
+    hour less the sender's margin), with
+    nothing refused and nobody closed with `rate-limited:` (spec/replication.md, "Offering to a relay")."""
+    assert run_cli(home, "post", "still here").returncode == 0
+    other_home = tmp_path / "other"
+    other_owner = parse_feed_id(init_home(other_home))
+    assert run_cli(other_home, "follow", flooded.address).returncode == 0
+    other = NodeProcess(other_home, "--relay")
+    try:
+        def held() -> dict[bytes, int]:
+            with Store(other_home / STORE_FILE, other_owner) as store:
+                return store.clock()
+
+        wait_for(lambda: held().get(owner, 0) >= 1, 60, "the followed feed at the second relay")
+        first = 1_000 - 100  # the quota less the sender's margin (protocol/offers.py)
+        wait_for(lambda: len(held()) >= first + 2, 120, "the first hour's new feeds at the second relay")
+        wait_for(lambda: any(p.get("in_sync") for p in status_json(other_home).get("peers", [])), 60,
+                 "the second relay in sync with the flooded one")
+        new = len(set(held()) - {owner, other_owner})
+        assert first <= new <= first + 5, new  # the quota's first allowance, and a few seconds' refill
+        for log in (other.log_text(), flooded.log_text()):
+            assert "rate-limited" not in log, log
+        assert status_json(other_home)["peers"], "the second relay lost its connection"
+    finally:
+        assert other.stop() == 0, other.log_text()
+
+
+FILLING = 10  # flooders whose 1,000 feeds each the relay takes (its node-wide quota: 10,000 an hour)
+
+
+async def held_by(address: str, author: bytes, local_ip: str) -> None:
+    """Until the relay holds `author`'s feed: asked over another connection (a want is answered with a
+    note once the feed is held; the connection that sent the entries is not noted its own)."""
+    stream = await open_tcp(address, local_ip)
+    peer = await handshake(stream, address)
+    await peer.send(hello())
+    await peer.send(wire.Want({author: 0}, (), False))
+    with trio.fail_after(120):
+        while not isinstance(message := await peer.receive(), wire.Have) or author not in message.feeds:
+            assert message is not None and not isinstance(message, wire.Close), message
+    await trio.aclose_forcefully(stream)
 
 
 async def assert_honest_peer_stays(node: NodeProcess) -> None:
