@@ -25,15 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from memnodes import Net, wait_until  # noqa: E402
+from memnodes import Net, own_feed_then_follow, wait_until  # noqa: E402
 
 from p2pnode.connection import Connection  # noqa: E402
 from p2pnode.memnet import MemoryNetwork  # noqa: E402
 from p2pnode.node import Node  # noqa: E402
 from p2pnode.session import MAX_BATCH_BYTES  # noqa: E402
-from p2pnode.store import Store  # noqa: E402
 from protocol import boxstream, msgframing, wire  # noqa: E402
-from protocol.log import Entry, create_entry  # noqa: E402
+from protocol.log import Entry  # noqa: E402
 
 BOUND = 1.10
 BOX_OVERHEAD = 34  # a box-stream frame: 18-byte boxed header + 16-byte MAC on the body (spec/transport.md)
@@ -119,21 +118,6 @@ class DropCounter(logging.Handler):
             self.drops.append(record.getMessage())
 
 
-def own_feed_following(count: int, feeds: list[bytes], index: int, made: dict[int, list[Entry]]):  # noqa: ANN201
-    def prepare(key: nacl.signing.SigningKey, store: Store) -> None:
-        previous = None
-        batch = []
-        for number in range(count):
-            previous = create_entry(key, previous, {"type": "post", "text": f"{number:05}"}, 1_000 + number)
-            batch.append(previous)
-        previous = create_entry(key, previous, {"type": "follow", "feed": feeds[1 - index]}, 1_000 + count)
-        batch.append(previous)
-        for start in range(0, len(batch), 1_000):
-            assert store.ingest_verified(batch[start:start + 1_000]).error is None
-        made[index] = batch
-    return prepare
-
-
 def held(node: Node, author: bytes) -> int:
     """Entries of the feed held without a gap (it arrives newest first: the head comes before the past)."""
     head = node.store.head(author)
@@ -144,7 +128,7 @@ async def scenario(args: argparse.Namespace, tmp: Path, log: LinkLog, drops: Dro
     keys = [nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(2)]  # the keys Net gives nodes 0 and 1
     feeds = [bytes(k.verify_key) for k in keys]
     log.names = {feeds[1]: "a->b", feeds[0]: "b->a"}
-    made: dict[int, list[Entry]] = {}
+    made: dict[int, list[Entry]] = {0: [], 1: []}
     done: dict[str, float] = {}
     async with trio.open_nursery() as nursery:
         network = MemoryNetwork(bandwidth=args.bandwidth, buffered=args.buffered)
@@ -158,9 +142,9 @@ async def scenario(args: argparse.Namespace, tmp: Path, log: LinkLog, drops: Dro
 
         network.pair = pair  # type: ignore[method-assign]
         net = Net(tmp, nursery, network)
-        a = await net.add(prepare=own_feed_following(args.entries, feeds, 0, made), ping_interval=args.ping)
+        a = await net.add(prepare=own_feed_then_follow(args.entries, feeds[1], made[0]), ping_interval=args.ping)
         started = trio.current_time()
-        b = await net.add([a.address], prepare=own_feed_following(args.entries, feeds, 1, made),
+        b = await net.add([a.address], prepare=own_feed_then_follow(args.entries, feeds[0], made[1]),
                           ping_interval=args.ping)
         total = args.entries + 1
 

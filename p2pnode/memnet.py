@@ -82,11 +82,30 @@ class MemoryInterface:
         return ours
 
 
-class Link(trio.abc.Stream):
+class _Wrapper(trio.abc.Stream):
+    """A stream that passes everything but `send_all` to the stream it wraps."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Link(_Wrapper):
     """One end of a link between two hosts: a send waits while either host is cut off."""
 
     def __init__(self, inner: trio.abc.Stream, network: MemoryNetwork, hosts: tuple[str, str]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.network = network
         self.hosts = hosts
 
@@ -95,33 +114,15 @@ class Link(trio.abc.Stream):
             await self.network.wait_restored()
         await self.inner.send_all(data)
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class Throttled(trio.abc.Stream):
+class Throttled(_Wrapper):
     """A stream whose sends take as long as `bandwidth` bytes/s allows (on the trio clock, so simulations
     under a virtual clock see a slow link without waiting for it)."""
 
     def __init__(self, inner: trio.abc.Stream, bandwidth: float) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.bandwidth = bandwidth
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.sleep(len(data) / self.bandwidth)
         await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

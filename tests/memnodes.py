@@ -150,3 +150,21 @@ async def assert_serves(net: Net, node: Node, nonce: int) -> None:
     await peer.hello()
     await peer.ping(nonce)
     await peer.conn.aclose()
+
+
+def own_feed_then_follow(count: int, other: bytes, made: list[Entry] | None = None,
+                         ) -> Callable[[nacl.signing.SigningKey, Store], None]:
+    """A `prepare` for Net.add: the node's own feed of `count` posts, then a follow of `other` (two nodes that
+    each hold a feed the other wants, as in the slow-link mutual sync). `made` receives the entries."""
+    def prepare(key: nacl.signing.SigningKey, store: Store) -> None:
+        previous = None
+        batch = []
+        for number in range(count):
+            previous = create_entry(key, previous, {"type": "post", "text": f"{number:05}"}, 1_000 + number)
+            batch.append(previous)
+        batch.append(create_entry(key, previous, {"type": "follow", "feed": other}, 1_000 + count))
+        for start in range(0, len(batch), 1_000):
+            assert store.ingest_verified(batch[start:start + 1_000]).error is None
+        if made is not None:
+            made.extend(batch)
+    return prepare

@@ -56,18 +56,25 @@ def outside_nodes(tmp_path: Path, lab: Lab, topo: HomeBehindNat, nodes: list[Nod
     return addresses
 
 
+def start_home_node(tmp_path: Path, lab: Lab, topo: HomeBehindNat,
+                    nodes: list[NodeProcess]) -> tuple[NodeProcess, Path, str, float, int]:
+    """Two nodes outside as seeds, then the home node behind the router: (it, its home, id, start time,
+    port)."""
+    seeds = outside_nodes(tmp_path, lab, topo, nodes, 2)
+    home = tmp_path / "home"
+    home_id = init_home(home)
+    started = time.monotonic()
+    nodes.append(node := NodeProcess(home, "--listen", "0.0.0.0:0", "--no-lan", "--seed", seeds[0],
+                                     "--seed", seeds[1], wrap=lab.exec(topo.home)))
+    return node, home, home_id, started, parse_address(node.address).port
+
+
 def test_upnp_maps_the_port_and_an_outside_node_reaches_home(tmp_path: Path, lab: Lab,
                                                              nodes: list[NodeProcess]) -> None:
     require_command("miniupnpd", "miniupnpd")
     topo = HomeBehindNat(lab, tmp_path, upnp=True)
     try:
-        seeds = outside_nodes(tmp_path, lab, topo, nodes, 2)
-        home = tmp_path / "home"
-        home_id = init_home(home)
-        started = time.monotonic()
-        nodes.append(node := NodeProcess(home, "--listen", "0.0.0.0:0", "--no-lan", "--seed", seeds[0],
-                                         "--seed", seeds[1], wrap=lab.exec(topo.home)))
-        port = parse_address(node.address).port
+        node, home, home_id, started, port = start_home_node(tmp_path, lab, topo, nodes)
         wait_for(lambda: status(home).get("reachability", {}).get("reachable") is True, WAIT_S,
                  "peers outside to reach home through the mapped port")
         print(f"figure: start to 'reachable: yes' behind the UPnP router: {time.monotonic() - started:.1f} s")
@@ -138,13 +145,7 @@ def test_natpmp_maps_the_port_when_the_router_has_no_upnp(tmp_path: Path, lab: L
     require_command("miniupnpd", "miniupnpd")
     topo = HomeBehindNat(lab, tmp_path, upnp=False, natpmp=True)
     try:
-        seeds = outside_nodes(tmp_path, lab, topo, nodes, 2)
-        home = tmp_path / "home"
-        home_id = init_home(home)
-        started = time.monotonic()
-        nodes.append(node := NodeProcess(home, "--listen", "0.0.0.0:0", "--no-lan", "--seed", seeds[0],
-                                         "--seed", seeds[1], wrap=lab.exec(topo.home)))
-        port = parse_address(node.address).port
+        node, home, home_id, started, port = start_home_node(tmp_path, lab, topo, nodes)
         wait_for(lambda: status(home).get("reachability", {}).get("reachable") is True, WAIT_S,
                  "peers outside to reach home through the port mapped by NAT-PMP")
         print(f"figure: start to 'reachable: yes' behind the NAT-PMP router: {time.monotonic() - started:.1f} s")

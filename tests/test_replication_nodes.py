@@ -11,7 +11,7 @@ from pathlib import Path
 import nacl.signing
 import trio
 import trio.testing
-from memnodes import Net, RawPeer, assert_serves, chain, raw_key, wait_until
+from memnodes import Net, RawPeer, assert_serves, chain, own_feed_then_follow, raw_key, wait_until
 
 from p2pnode.memnet import MemoryNetwork
 from p2pnode.node import Node
@@ -96,25 +96,12 @@ async def test_two_nodes_syncing_each_other_over_a_slow_link_do_not_stall(
     keys = [nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(2)]  # the keys Net gives nodes 0 and 1
     feeds = [bytes(k.verify_key) for k in keys]
 
-    def own_feed_following(index: int):  # noqa: ANN202
-        def prepare(key: nacl.signing.SigningKey, store: Store) -> None:
-            previous = None
-            batch = []
-            for number in range(count):
-                previous = create_entry(key, previous, {"type": "post", "text": f"{number:05}"}, 1_000 + number)
-                batch.append(previous)
-            previous = create_entry(key, previous, {"type": "follow", "feed": feeds[1 - index]}, 1_000 + count)
-            batch.append(previous)
-            for start in range(0, len(batch), 1_000):
-                assert store.ingest_verified(batch[start:start + 1_000]).error is None
-        return prepare
-
     async with trio.open_nursery() as nursery:
         network = MemoryNetwork(bandwidth=bandwidth, buffered=False)
         net = Net(tmp_path, nursery, network)
-        a = await net.add(prepare=own_feed_following(0), ping_interval=1.0)
+        a = await net.add(prepare=own_feed_then_follow(count, feeds[1]), ping_interval=1.0)
         started = trio.current_time()
-        b = await net.add([a.address], prepare=own_feed_following(1), ping_interval=1.0)
+        b = await net.add([a.address], prepare=own_feed_then_follow(count, feeds[0]), ping_interval=1.0)
         await wait_until(lambda: a.owner in b.sessions)
         session = b.sessions[a.owner]
         # a feed arrives newest first: its head comes early, so wait for every entry, not for the head
