@@ -4,7 +4,7 @@
 # Prints the times, their ratio (target: under attack <= 2x quiet) and loop lag p99 (target: < 50 ms).
 # Not part of the test suite.
 #
-# usage: python bench/under_attack.py [--entries 10000] [--rounds 3] [--mix half-open,no-hello,drip,peers-flood]
+# usage: python bench/under_attack.py [--entries 10000] [--rounds 15] [--mix half-open,no-hello,drip,peers-flood]
 #        (add want-flood to the mix to include `want`s of 10,000 unknown feeds, issue 7's part)
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def p99(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=15)  # a sync takes 0.1 s: medians of 3 were noise
     parser.add_argument("--mix", default="half-open,no-hello,drip,peers-flood")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of attack before the first sync")
     parser.add_argument("--attacker-nice", type=int, default=10,

@@ -34,7 +34,7 @@ from .peers import Peers
 from .reach import Reach
 from .relaypolicy import RelayLimits, RelayPolicy
 from .repair import Repairer
-from .session import PeerGone, Session
+from .session import PeerGone, RequestBudgets, Session
 from .store import IngestResult, Store
 from .storeio import StoreRunner
 from .verifier import Verifier
@@ -135,6 +135,7 @@ class Node:
         self.config = config or NodeConfig()
         self.network = network or TcpNetwork()
         self.rng = rng or random.Random()
+        self.request_budgets = RequestBudgets(self.config.request_rate, self.config.request_burst)
         self.address: Address | None = None
         self.replicator = Replicator(relay=self.config.relay, switch_delay=self.config.switch_delay,
                                      stall_timeout=self.config.stall_timeout,

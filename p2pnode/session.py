@@ -4,9 +4,10 @@
 # the writer, which alone sends on the connection: control messages first, then entries, one batch at a time.
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,35 @@ class RequestBudget:
         self.tokens -= count
         if self.tokens < 0:
             await trio.sleep(-self.tokens / self.rate)
+
+
+class RequestBudgets:
+    """The feed-name budgets, one per peer address: a peer that hangs up and reconnects (or is evicted and
+    comes back) keeps what it spent instead of starting a fresh burst. IPv6 peers are counted per /64, which
+    one host can fill with addresses. The least recently used of `size` addresses are forgotten."""
+
+    def __init__(self, rate: float, burst: float, size: int = 4096) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.size = size
+        self.by_address: OrderedDict[str, RequestBudget] = OrderedDict()
+
+    def for_ip(self, ip: str | None) -> RequestBudget:
+        if ip is None:  # a memory stream or a proxied connection: no address to hold it to
+            return RequestBudget(self.rate, self.burst)
+        try:
+            parsed = ipaddress.ip_address(ip)
+            key = str(ipaddress.ip_network(f"{parsed}/64", strict=False)) if parsed.version == 6 else str(parsed)
+        except ValueError:
+            key = ip
+        budget = self.by_address.get(key)
+        if budget is None:
+            budget = self.by_address[key] = RequestBudget(self.rate, self.burst)
+            while len(self.by_address) > self.size:
+                self.by_address.popitem(last=False)
+        else:
+            self.by_address.move_to_end(key)
+        return budget
 
 
 class PeerGone(Exception):
@@ -102,7 +132,7 @@ class Session:
         self.receiving_since: float | None = None  # the reader waits on the network since then
         self.peers_due = True
         self.received_entries = 0
-        self.request_budget = RequestBudget(node.config.request_rate, node.config.request_burst)
+        self.request_budget = node.request_budgets.for_ip(remote_ip)
         self.ticket: Ticket | None = None  # an inbound connection's place (p2pnode/admission.py)
         self.rate_limited: str | None = None  # over a relay quota: closed with this once its batch is stored
         self.observed_progress = trio.current_time()

@@ -465,3 +465,23 @@ async def test_unexpected_error_closes_only_that_session(
         await bystander.ping(4)
         await assert_serves(net, node, 10)
         nursery.cancel_scope.cancel()
+
+
+async def test_the_feed_name_budget_belongs_to_the_address_not_the_connection() -> None:
+    """A peer that reconnects (or is evicted and comes back) does not get a fresh burst of feed names."""
+    from p2pnode.session import RequestBudgets
+
+    budgets = RequestBudgets(rate=10.0, burst=100.0, size=3)
+    first = budgets.for_ip("203.0.113.7")
+    first.tokens = 0.0  # spent by the first connection
+    assert budgets.for_ip("203.0.113.7") is first
+    assert budgets.for_ip("203.0.113.8") is not first
+    # one IPv6 host can use any address of its /64
+    assert budgets.for_ip("2001:db8:1:2::1") is budgets.for_ip("2001:db8:1:2:ffff::9")
+    assert budgets.for_ip("2001:db8:1:3::1") is not budgets.for_ip("2001:db8:1:2::1")
+    # no address (memory streams, proxied connections): a budget of its own
+    assert budgets.for_ip(None) is not budgets.for_ip(None)
+    # bounded: the least recently heard address is forgotten first
+    budgets.for_ip("203.0.113.7")
+    budgets.for_ip("198.51.100.1")
+    assert "203.0.113.7" in budgets.by_address and len(budgets.by_address) == 3
