@@ -128,7 +128,6 @@ class Session:
         self.pong_due: int | None = None
         self.ping_due: int | None = None
         self.ping_sent = trio.Event()  # set by the writer when the due ping has left
-        self.messages_received = 0
         self.receiving_since: float | None = None  # the reader waits on the network since then
         self.peers_due = True
         self.received_entries = 0
@@ -306,13 +305,14 @@ class Session:
             self.ping_due = nonce
             self.poke()
             await self.ping_sent.wait()
-            await self._await_answer(trio.current_time(), self.messages_received, config.pong_timeout)
+            await self._await_answer(trio.current_time(), config.pong_timeout)
 
-    async def _await_answer(self, sent_at: float, received: int, timeout: float) -> None:
-        """Return once anything arrives after the ping; raise PeerGone when the reader has waited on the
-        network for `timeout` since the ping left with nothing arriving. Time the reader spends held back by
-        our own pipeline (backpressure) does not count against the peer."""
-        while self.messages_received == received:
+    async def _await_answer(self, sent_at: float, timeout: float) -> None:
+        """Return once any bytes arrive after the ping (a long message on a slow link counts as it comes);
+        raise PeerGone when the reader has waited on the network for `timeout` since the ping left with
+        nothing arriving. Time the reader spends held back by our own pipeline (backpressure) does not count
+        against the peer."""
+        while self.conn.last_received < sent_at:
             waiting = self.receiving_since
             if waiting is not None and trio.current_time() - max(waiting, sent_at) >= timeout:
                 raise PeerGone(Reason.TIMEOUT, f"no answer to a ping for {timeout:g} s")
@@ -330,7 +330,6 @@ class Session:
                 self.receiving_since = trio.current_time()
                 data = await self.conn.receive()
                 self.receiving_since = None
-                self.messages_received += 1
             except IdleTimeout:
                 raise PeerGone(Reason.TIMEOUT, f"nothing received for {node.config.idle_timeout:g} s") from None
             except TransportError as exc:

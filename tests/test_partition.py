@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -44,11 +45,11 @@ async def test_a_silent_link_is_found_dead_by_the_ping_deadline(
 
 
 class ReaderState:
-    """What Session._await_answer reads of a session: how many messages arrived, and since when the reader
-    waits on the network (None while our own pipeline holds it back)."""
+    """What Session._await_answer reads of a session: when bytes last arrived on its connection, and since
+    when the reader waits on the network (None while our own pipeline holds it back)."""
 
     def __init__(self) -> None:
-        self.messages_received = 0
+        self.conn = SimpleNamespace(last_received=-1.0)
         self.receiving_since: float | None = None
 
 
@@ -57,21 +58,21 @@ async def test_the_ping_deadline_counts_only_time_spent_waiting_on_the_network(
     reader = ReaderState()
     sent_at = trio.current_time()
     with trio.move_on_after(100):  # held back by our pipeline for 100 s: the peer is not to blame
-        await Session._await_answer(reader, sent_at, 0, 20.0)  # type: ignore[arg-type]
+        await Session._await_answer(reader, sent_at, 20.0)  # type: ignore[arg-type]
     assert trio.current_time() - sent_at >= 100
     reader.receiving_since = waiting_from = trio.current_time()
     with pytest.raises(PeerGone, match="no answer to a ping for 20 s"):
-        await Session._await_answer(reader, sent_at, 0, 20.0)  # type: ignore[arg-type]
+        await Session._await_answer(reader, sent_at, 20.0)  # type: ignore[arg-type]
     assert 20 <= trio.current_time() - waiting_from <= 21
 
     async def answer_after(delay: float) -> None:
         await trio.sleep(delay)
-        reader.messages_received += 1
+        reader.conn.last_received = trio.current_time()  # some bytes of a long message, say
 
     reader.receiving_since = sent_at = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(answer_after, 19.0)
-        await Session._await_answer(reader, sent_at, 0, 20.0)  # type: ignore[arg-type]
+        await Session._await_answer(reader, sent_at, 20.0)  # type: ignore[arg-type]
     assert trio.current_time() - sent_at <= 20  # checked at the deadline: something came, so no close
 
 
