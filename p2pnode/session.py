@@ -70,6 +70,8 @@ class RequestBudgets:
             return RequestBudget(self.rate, self.burst)
         try:
             parsed = ipaddress.ip_address(ip)
+            if parsed.version == 6 and parsed.ipv4_mapped is not None:  # an IPv4 peer on a dual-stack socket
+                parsed = parsed.ipv4_mapped
             key = str(ipaddress.ip_network(f"{parsed}/64", strict=False)) if parsed.version == 6 else str(parsed)
         except ValueError:
             key = ip

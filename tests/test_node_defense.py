@@ -471,7 +471,7 @@ async def test_the_feed_name_budget_belongs_to_the_address_not_the_connection() 
     """A peer that reconnects (or is evicted and comes back) does not get a fresh burst of feed names."""
     from p2pnode.session import RequestBudgets
 
-    budgets = RequestBudgets(rate=10.0, burst=100.0, size=3)
+    budgets = RequestBudgets(rate=10.0, burst=100.0)
     first = budgets.for_ip("203.0.113.7")
     first.tokens = 0.0  # spent by the first connection
     assert budgets.for_ip("203.0.113.7") is first
@@ -479,9 +479,15 @@ async def test_the_feed_name_budget_belongs_to_the_address_not_the_connection() 
     # one IPv6 host can use any address of its /64
     assert budgets.for_ip("2001:db8:1:2::1") is budgets.for_ip("2001:db8:1:2:ffff::9")
     assert budgets.for_ip("2001:db8:1:3::1") is not budgets.for_ip("2001:db8:1:2::1")
+    # IPv4 peers on a dual-stack socket are told apart by their IPv4 address, not lumped into one /64
+    assert budgets.for_ip("::ffff:198.51.100.7") is not budgets.for_ip("::ffff:198.51.100.8")
+    assert budgets.for_ip("::ffff:198.51.100.7") is budgets.for_ip("198.51.100.7")
     # no address (memory streams, proxied connections): a budget of its own
     assert budgets.for_ip(None) is not budgets.for_ip(None)
     # bounded: the least recently heard address is forgotten first
-    budgets.for_ip("203.0.113.7")
-    budgets.for_ip("198.51.100.1")
-    assert "203.0.113.7" in budgets.by_address and len(budgets.by_address) == 3
+    small = RequestBudgets(rate=10.0, burst=100.0, size=2)
+    kept = small.for_ip("203.0.113.7")
+    small.for_ip("203.0.113.8")
+    small.for_ip("203.0.113.7")  # heard again: now the most recent
+    small.for_ip("203.0.113.9")
+    assert list(small.by_address) == ["203.0.113.7", "203.0.113.9"] and small.for_ip("203.0.113.7") is kept
