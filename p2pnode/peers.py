@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pnode.node")
 
 # reasons after which a dial counts as failed whatever the session lasted
+PROBLEMS_RELOAD_S = 5.0  # how soon a running node sees a dial problem cleared by `seeds add`
 _REFUSALS = {Reason.BLOCKED, Reason.INVALID, Reason.DUPLICATE, Reason.UNSUPPORTED, Reason.RATE_LIMITED}
 
 
@@ -122,12 +124,16 @@ class Peers:
 
     async def dial_loop(self) -> None:
         node = self.node
-        next_forget = trio.current_time()
+        next_forget = next_problems = trio.current_time()
         node.reach.dial_problems.load(await node.db.read(Store.peer_problems))  # kept from earlier runs
         while True:
             if trio.current_time() >= next_forget:
                 await node.db.write(Store.forget_peers, self.config.max_failures, self.config.peer_book_size)
                 next_forget = trio.current_time() + self.config.forget_interval
+            if trio.current_time() >= next_problems:  # problems cleared by `seeds add` in another process
+                read_at = time.time()
+                node.reach.dial_problems.keep_stored(await node.db.read(Store.peer_problems), read_at)
+                next_problems = trio.current_time() + PROBLEMS_RELOAD_S
             target = self.config.relay_outbound_target if self.config.relay else self.config.outbound_target
             if len(self.dialing) < target:
                 candidates = await node.db.read(Store.dial_candidates, self.config.peer_book_size)

@@ -120,6 +120,13 @@ class DialProblems:
     def connected(self, address: str) -> None:
         self._records.pop(address, None)
 
+    def keep_stored(self, rows: list[tuple[str, str, str, int, int, int]], read_at: float) -> None:
+        """Drop the records of addresses whose problem the peer book no longer holds (`seeds add` cleared it
+        from another process), unless the record is newer than that read."""
+        stored = {row[0] for row in rows}
+        for address in [a for a, r in self._records.items() if a not in stored and r.at < read_at]:
+            del self._records[address]
+
     def given_up(self, address: str, now: float | None = None) -> bool:
         """Whether `address` must not be dialled now (given up on, and its retry time not come)."""
         record = self._records.get(address)
@@ -237,6 +244,7 @@ def add(home: Path, store: Store, text: str) -> bool:
     was_seed = any(row["address"] == str(address) and row["source"] == "seed" for row in store.peer_book())
     added = add_seed(home, str(address))
     store.add_peer(str(address), address.key, "seed")
+    store.clear_peer_problem(str(address))  # added again: dialled again, even if it was given up on
     return added or not was_seed
 
 

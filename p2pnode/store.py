@@ -744,6 +744,11 @@ class Store:
         self._peer_write("UPDATE peers SET last_seen = ?, last_attempt = ?, problem_kind = NULL, problem = NULL, "
                          "problem_count = 0, problem_at = NULL, retry_at = 0 WHERE address = ?", (now, now, address))
 
+    def clear_peer_problem(self, address: str) -> None:
+        """Forget an address's last dial problem (`seeds add` of it again: the user says try it now)."""
+        self._peer_write("UPDATE peers SET problem_kind = NULL, problem = NULL, problem_count = 0, problem_at = NULL, "
+                         "retry_at = 0 WHERE address = ?", (address,))
+
     def peer_problem(self, address: str, kind: str, text: str, count: int, at_ms: int, retry_at_ms: int) -> None:
         """Remember what the last failed dial of `address` found, and when it may be dialled again."""
         self._peer_write("UPDATE peers SET problem_kind = ?, problem = ?, problem_count = ?, problem_at = ?, "

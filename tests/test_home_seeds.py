@@ -172,6 +172,12 @@ def test_non_p2pnode_server_is_named_and_not_dialled_again(tmp_path: Path, nodes
         wait_for(lambda: (problem(canary) or {}).get("failures", 0) >= before + 2, WAIT_S,
                  "two more failed dials of the canary after the restart")
         assert server.accepted == 1, restarted.log_text()
+
+        # adding it again says "try it now": the running node dials it again at once, not in an hour
+        cli_ok(home, "seeds", "add", wrong)
+        wait_for(lambda: server.accepted >= 2, WAIT_S, "the re-added seed dialled again by the running node")
+        wait_for(lambda: problem(wrong) is not None, WAIT_S, "the re-added seed's new problem in status")
+        assert "not a p2pnode node?" in (problem(wrong) or {})["problem"]
     finally:
         server.close()
 
