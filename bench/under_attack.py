@@ -164,23 +164,23 @@ def main() -> None:
         windows: dict[str, tuple[float, float]] = {}
         times: dict[str, list[float]] = {"quiet": [], "attack": []}
         cpu: dict[str, float] = {}
-        try:
+
+        def measure(phase: str) -> None:
+            """`rounds` timed syncs, with the wall-clock window (for the lag samples) and the victim's CPU."""
             start = time.time()
             cpu_before = cpu_seconds(victim.pid)
             for _ in range(args.rounds):
-                times["quiet"].append(trio.run(timed_sync, address, args.entries))
-            windows["quiet"] = (start, time.time())
-            cpu["quiet"] = cpu_seconds(victim.pid) - cpu_before
+                times[phase].append(trio.run(timed_sync, address, args.entries))
+            windows[phase] = (start, time.time())
+            cpu[phase] = cpu_seconds(victim.pid) - cpu_before
+
+        try:
+            measure("quiet")
             attackers = child("--attack", address, args.mix, "--attacker-nice", str(args.attacker_nice),
                               stdout=subprocess.PIPE)
             try:
                 time.sleep(args.warmup)
-                start = time.time()
-                cpu_before = cpu_seconds(victim.pid)
-                for _ in range(args.rounds):
-                    times["attack"].append(trio.run(timed_sync, address, args.entries))
-                windows["attack"] = (start, time.time())
-                cpu["attack"] = cpu_seconds(victim.pid) - cpu_before
+                measure("attack")
             finally:
                 attackers.send_signal(signal.SIGINT)
                 try:
