@@ -17,6 +17,9 @@ SWITCH_DELAY = 1.0  # s a note may show more than we hold before another peer is
 STALL_TIMEOUT = 5.0  # s a streaming peer that claims more than it delivers may go without sending anything
 MAX_PEER_WANTS = 100_000  # feeds one peer may want on a connection (spec/wire.md, rate-limited:)
 NEWEST_FIRST = 50  # a feed we hold nothing of, and a peer holds more of than this, starts with its newest entries
+# s a note of a new entry waits before it is sent: notes of several feeds leave in one `have`, and a note to a
+# peer that meanwhile noted (or sent) that entry itself is not sent at all (spec/replication.md, "Notes wait")
+NOTE_DELAY = 0.5
 
 
 @dataclass(eq=False)
@@ -34,6 +37,8 @@ class PeerState:
     want_sent: set[bytes] = field(default_factory=set)
     all_sent: bool = False
     notes_due: set[bytes] = field(default_factory=set)
+    notes_waiting: set[bytes] = field(default_factory=set)  # notes of new entries, sent after NOTE_DELAY
+    notes_since: float = 0.0  # when the oldest of `notes_waiting` was added
     stream_due: set[bytes] = field(default_factory=set)
     stop_due: set[bytes] = field(default_factory=set)
     dirty: set[bytes] = field(default_factory=set)  # feeds with entries to send it
@@ -48,8 +53,8 @@ class PeerState:
     strangers: dict[bytes, None] = field(default_factory=dict)  # noted feeds nobody named, oldest first
 
     def has_work(self) -> bool:
-        return bool(self.notes_due or self.stream_due or self.stop_due or self.dirty or self.backfill_due
-                    or self.backfill_to)
+        return bool(self.notes_due or self.notes_waiting or self.stream_due or self.stop_due or self.dirty
+                    or self.backfill_due or self.backfill_to)
 
 
 class Replicator:
@@ -59,8 +64,9 @@ class Replicator:
 
     def __init__(self, *, relay: bool = False, switch_delay: float = SWITCH_DELAY,
                  stall_timeout: float = STALL_TIMEOUT, max_peer_wants: int = MAX_PEER_WANTS,
-                 newest_first: int = NEWEST_FIRST, keep_distant: int = 0) -> None:
+                 newest_first: int = NEWEST_FIRST, keep_distant: int = 0, note_delay: float = NOTE_DELAY) -> None:
         self.relay = relay
+        self.note_delay = note_delay
         self.newest_first = newest_first
         self.keep_distant = keep_distant  # > 0: feeds at hop 2 and beyond are kept to their latest N entries
         self.low: dict[bytes, int] = {}  # partial feeds -> lowest seq held (entries from it to the head)
@@ -151,6 +157,7 @@ class Replicator:
             peer.streaming_to.discard(feed)
             peer.dirty.discard(feed)
             peer.notes_due.discard(feed)
+            peer.notes_waiting.discard(feed)
         their_want, their_seq = peer.their_want, peer.their_seq
         for feed, seq in message.feeds.items():
             if feed in their_want and their_seq.get(feed, -1) >= seq:
@@ -314,8 +321,13 @@ class Replicator:
                     peer.dirty.add(feed)
                     self.touched.add(peer.id)
                 elif feed in peer.their_want or (peer.wants_all and _offered(self, peer, feed)):
-                    peer.notes_due.add(feed)
-                    self.touched.add(peer.id)
+                    if self.note_delay > 0:
+                        if not peer.notes_waiting:
+                            peer.notes_since = now
+                        peer.notes_waiting.add(feed)
+                    else:
+                        peer.notes_due.add(feed)
+                        self.touched.add(peer.id)
                 elif peer.wants_all:
                     self.touched.add(peer.id)  # not offered yet: its turn comes within the peer's quota
 
@@ -330,6 +342,7 @@ class Replicator:
             for peer in self.peers.values():
                 peer.dirty.discard(feed)
                 peer.notes_due.discard(feed)
+                peer.notes_waiting.discard(feed)
                 peer.backfill_to.pop(feed, None)
 
     def _stop_streaming(self, feed: bytes) -> None:
@@ -382,6 +395,11 @@ class Replicator:
         relays the feeds held back for their quota as it refills."""
         self.now = max(self.now, now)
         for peer in self.peers.values():
+            if peer.notes_waiting and now - peer.notes_since >= self.note_delay:
+                # a note the peer no longer needs (it noted or sent that entry meanwhile) is dropped when sent
+                peer.notes_due |= peer.notes_waiting
+                peer.notes_waiting = set()
+                self.touched.add(peer.id)
             if peer.wants_all and peer.cursor < len(self.order) and peer.offers is not None \
                     and peer.offers.ready(now):
                 self.touched.add(peer.id)
@@ -442,7 +460,9 @@ class Replicator:
                 return wire.Backfill(asks)
         while peer.notes_due:
             feeds = _take(peer.notes_due, wire.MAX_FEEDS_PER_WANT)
-            notes = {f: self.clock[f] for f in feeds if self.clock.get(f, 0) > 0 and f not in self.blocked}
+            their_seq = peer.their_seq
+            notes = {f: seq for f in feeds if (seq := self.clock.get(f, 0)) > their_seq.get(f, 0)
+                     and f not in self.blocked}
             if notes:
                 return wire.Have(notes)
         if peer.wants_all:

@@ -7,7 +7,7 @@ import pytest
 
 from protocol import wire
 from protocol.errors import Reason, RemoteProtocolError
-from protocol.replication import Replicator
+from protocol.replication import NOTE_DELAY, Replicator
 
 F = bytes([1]) * 32  # a feed
 G = bytes([2]) * 32
@@ -178,8 +178,37 @@ def test_new_entries_are_noted_to_peers_that_want_them_from_someone_else() -> No
     r.on_stream(2, wire.Stream({F: 1}, ()))
     drain(r, 1), drain(r, 2)
     r.on_stored({F: 2}, None, 1.0)
+    assert drain(r, 2) == [] and r.next_feed(2) == (F, 1)  # the streaming peer gets the entry at once
+    assert drain(r, 1) == []  # the note waits (NOTE_DELAY) ...
+    r.tick(1.0 + NOTE_DELAY / 2)
+    assert drain(r, 1) == []
+    r.tick(1.0 + NOTE_DELAY)
+    assert drain(r, 1) == [wire.Have({F: 2})]  # ... then leaves
+
+
+def test_waiting_notes_leave_together_and_not_to_a_peer_that_noted_the_entry_first() -> None:
+    r = Replicator()
+    r.on_stored({F: 1, G: 1}, None, 0.0)
+    for handle, key in ((1, KEY_A), (2, KEY_B)):
+        r.add_peer(handle, key)
+        r.on_want(handle, wire.Want({F: 1, G: 1}, (), False), 0.0)
+        drain(r, handle)
+    r.on_stored({F: 2}, None, 1.0)
+    r.on_stored({G: 2}, None, 1.2)
+    r.on_have(2, wire.Have({F: 2}), 1.3)  # peer 2 got F's entry elsewhere and said so before our note left
+    r.tick(1.0 + NOTE_DELAY)
+    assert drain(r, 1) == [wire.Have({F: 2, G: 2})]  # one message for both feeds
+    assert drain(r, 2) == [wire.Have({G: 2})]  # F's note would tell it nothing
+
+
+def test_a_note_is_immediate_without_a_delay() -> None:
+    r = Replicator(note_delay=0)
+    r.on_stored({F: 1}, None, 0.0)
+    r.add_peer(1, KEY_A)
+    r.on_want(1, wire.Want({F: 1}, (), False), 0.0)
+    drain(r, 1)
+    r.on_stored({F: 2}, None, 1.0)
     assert drain(r, 1) == [wire.Have({F: 2})]
-    assert drain(r, 2) == [] and r.next_feed(2) == (F, 1)
 
 
 def test_entries_from_a_peer_are_not_noted_back_to_it() -> None:
@@ -188,6 +217,7 @@ def test_entries_from_a_peer_are_not_noted_back_to_it() -> None:
     r.on_want(1, wire.Want({F: 0}, (), False), 0.0)
     drain(r, 1)
     r.on_stored({F: 3}, None, 1.0)  # written here (by the CLI, say): the peer wants F and lacks it
+    r.tick(1.0 + NOTE_DELAY)
     assert drain(r, 1) == [wire.Have({F: 3})]
     r.on_entries(1, {F: 4}, 1.0)
     r.on_stored({F: 4}, 1, 1.0)
