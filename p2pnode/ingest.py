@@ -36,9 +36,11 @@ class Ingest:
         wants = self.node.replicator.wants
         return [item for item in message.raw if (author := peek_author(item[0])) is None or wants(author)]
 
-    async def store_from_peer(self, session: Session, entries: list[Entry], error: ProtocolError | None) -> None:
+    async def store_from_peer(self, session: Session, entries: list[Entry], error: ProtocolError | None,
+                              unchecked: set[bytes] | None = None) -> None:
         """Store a verified batch from a peer. `error`: the batch's first invalid entry, which ends the session
-        with its reason once the verified entries before it are stored."""
+        with its reason once the verified entries before it are stored. `unchecked`: the hashes of entries
+        proven by a later signature, whose own signatures are checked before they are sent on."""
         node = self.node
         node.stats.entries_in += len(entries)
         remaining = entries
@@ -48,7 +50,7 @@ class Ingest:
                 break
             try:
                 starts = {f: set(s) for f, s in node.replicator.starts.items()}
-                result: IngestResult = await node.db.write(Store.ingest_verified, remaining, starts)
+                result: IngestResult = await node.db.write(Store.ingest_verified, remaining, starts, unchecked)
             except sqlite3.OperationalError as exc:
                 if not node.disk.failed(exc):
                     raise
@@ -59,6 +61,8 @@ class Ingest:
             held = remaining[:processed]
             node.replicator.on_entries(session.handle, _last_seqs(held), trio.current_time())
             session.received_entries += len(result.stored)
+            if result.unchecked:
+                node.signatures.wake()  # check them when the node is quiet (p2pnode/sigcheck.py)
             await self.stored(result, source=session)
             if not isinstance(result.error, ForkDetected | Blocked):
                 error = result.error or error

@@ -35,6 +35,7 @@ from .reach import Reach
 from .relaypolicy import RelayLimits, RelayPolicy
 from .repair import Repairer
 from .session import PeerGone, RequestBudgets, Session
+from .sigcheck import SignatureChecker
 from .store import IngestResult, Store
 from .storeio import StoreRunner
 from .verifier import Verifier
@@ -151,6 +152,7 @@ class Node:
         self.reach = Reach(self)  # own address, reachability, LAN discovery, UPnP, onion service
         self.verifier = Verifier(0)
         self.repair = Repairer(self)  # payloads damaged or missing: fetched again (p2pnode/repair.py)
+        self.signatures = SignatureChecker(self)  # signatures stored unchecked, checked when quiet (sigcheck.py)
         self.disk = DiskWatch(store.path.parent, self.config.min_free, store)  # a full disk (p2pnode/diskspace.py)
         self.by_handle: dict[int, Session] = {}
         self.wanted: set[bytes] = set()
@@ -208,6 +210,7 @@ class Node:
             nursery.start_soon(self._survive, self._tick_loop)
             nursery.start_soon(self.admission.reap)
             nursery.start_soon(self._survive, self.repair.run)
+            nursery.start_soon(self._survive, self.signatures.run)
             nursery.start_soon(self.disk.run)
             task_status.started(self.address)
 

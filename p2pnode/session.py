@@ -424,8 +424,8 @@ class Session:
     async def _ingester(self) -> None:
         """Stage 2: store verified entries in order; the first invalid one ends the session."""
         async for pending in self.from_verifier:
-            entries, error = await pending.result()
-            await self.node.ingest.store_from_peer(self, entries, error)
+            entries, error, unchecked = await pending.result()
+            await self.node.ingest.store_from_peer(self, entries, error, unchecked)
             if self.rate_limited is not None:
                 raise PeerGone(Reason.RATE_LIMITED, self.rate_limited.split(": ", 1)[-1])
 

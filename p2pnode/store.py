@@ -29,6 +29,7 @@ from protocol.log import (
     entry_hash,
     payload_matches,
     sha256,
+    signature_ok,
     verify_entry,
 )
 
@@ -118,7 +119,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE peers ADD COLUMN problem_at INTEGER;
         ALTER TABLE peers ADD COLUMN retry_at INTEGER NOT NULL DEFAULT 0;
     """),
+    # signatures proven by a later one (spec/log.md, "Checking a batch"): an entry's own signature is checked
+    # (1), not checked yet (0: the entry is the author's, a later entry's signature covers its hash), or found
+    # bad (2: never sent). feeds.unchecked: the feed may hold entries in state 0
+    (6, """
+        ALTER TABLE entries ADD COLUMN signature_state INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE feeds ADD COLUMN unchecked INTEGER NOT NULL DEFAULT 0;
+    """),
 ]
+
+SIGNATURE_UNCHECKED, SIGNATURE_CHECKED, SIGNATURE_BAD = 0, 1, 2
 
 BUSY_TIMEOUT_S = 30.0
 CHECK_PROGRESS_EVERY = 500
@@ -139,6 +149,7 @@ class IngestResult:
     retracted: list[bytes] = field(default_factory=list)
     forked: list[bytes] = field(default_factory=list)
     lows: dict[bytes, int] = field(default_factory=dict)  # partial feeds started or filled: their new low_seq
+    unchecked: int = 0  # entries stored whose own signatures are not checked yet (spec/log.md)
 
 
 @dataclass(frozen=True)
@@ -242,20 +253,25 @@ class Store:
             self._ingest_locked(items, result)
         return result
 
-    def ingest_verified(self, entries: Iterable[Entry], starts: dict[bytes, set[int]] | None = None) -> IngestResult:
+    def ingest_verified(self, entries: Iterable[Entry], starts: dict[bytes, set[int]] | None = None,
+                        unchecked: set[bytes] | None = None) -> IngestResult:
         """ingest() for entries already checked by verify_entry (steps 1-4 of spec/log.md, e.g. in a worker
         thread); the store still checks each one's link to the feed head, forks and blocks.
 
         `starts`: feeds this node asked for newest first, and after which seqs; an empty feed may then begin
         at one of those seqs + 1 (a partial feed). Entries below a partial feed's first held entry are stored
-        when they link backwards to it (spec/replication.md, "Newest first, and partial feeds")."""
+        when they link backwards to it (spec/replication.md, "Newest first, and partial feeds").
+
+        `unchecked`: hashes of entries whose own signatures were not checked (a later entry's signature
+        proves them, spec/log.md "Checking a batch"): stored as such, and checked before they are sent."""
         result = IngestResult()
         with self._write():
-            self._ingest_locked(entries, result, starts or {})
+            self._ingest_locked(entries, result, starts or {}, unchecked or set())
         return result
 
     def _ingest_locked(self, items: Iterable[tuple[bytes, bytes, bytes | None] | Entry],
-                       result: IngestResult, starts: dict[bytes, set[int]] | None = None) -> None:
+                       result: IngestResult, starts: dict[bytes, set[int]] | None = None,
+                       unchecked: set[bytes] | frozenset[bytes] = frozenset()) -> None:
         heads: dict[bytes, FeedHead | None] = {}
         forked: dict[bytes, bool] = {}
         lows: dict[bytes, int] = {}
@@ -278,12 +294,12 @@ class Store:
                     older.setdefault(author, []).append(entry)  # fills the past of a partial feed, below
                     continue
                 if head is not None and entry.seq <= head.seq:
-                    self._known_seq(entry, result)
+                    self._known_seq(entry, result, unchecked)
                     continue
                 if forked[author]:
                     raise ForkDetected(f"feed {_short(author)} is forked and accepts no more entries")
                 if head is not None and entry.seq == head.seq + 1 and entry.header.prev != head.hash:
-                    self._fork_by_link(entry, head, result)
+                    self._fork_by_link(entry, head, result, unchecked)
                 if head is None and entry.seq - 1 in (starts or {}).get(author, ()):
                     lows[author] = result.lows[author] = entry.seq  # newest first: a partial feed begins
                 else:
@@ -291,7 +307,7 @@ class Store:
             except ProtocolError as exc:
                 result.error = exc
                 break
-            self._insert(entry, result)
+            self._insert(entry, result, entry.hash in unchecked)
             heads[author] = FeedHead(author, entry.seq, entry.hash)
             if self.owner == author and (entry.content() or {}).get("type") == "block":
                 blocked = self.blocked()
@@ -302,11 +318,15 @@ class Store:
                                 "head_hash = excluded.head_hash", (author, head.seq, head.hash, lows[author]))
         for author, entries in older.items():
             if author not in result.purged_feeds and not forked[author]:
-                self._fill_past(author, entries, lows[author], result)
+                self._fill_past(author, entries, lows[author], result, unchecked)
         for author in result.forked:
             self.db.execute("UPDATE feeds SET forked = 1 WHERE author = ?", (author,))
+        if result.unchecked:
+            self.db.executemany("UPDATE feeds SET unchecked = 1 WHERE author = ?",
+                                [(a,) for a in {e.author for e in result.stored if e.hash in unchecked}])
 
-    def _fill_past(self, author: bytes, entries: list[Entry], low: int, result: IngestResult) -> None:
+    def _fill_past(self, author: bytes, entries: list[Entry], low: int, result: IngestResult,
+                   unchecked: set[bytes] | frozenset[bytes] = frozenset()) -> None:
         """Store the entries just below a partial feed's first held entry, each linking to the one above it.
         One that does not link, validly signed, is the author's fork; an entry further down waits its turn."""
         header_above, signature_above = self.db.execute(
@@ -318,6 +338,9 @@ class Store:
             if entry.seq != low - 1:
                 break
             if entry.hash != expected:
+                if not _signed(entry, unchecked):
+                    result.error = result.error or InvalidEntry("bad signature")
+                    break
                 self.db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 (author, low, header_above, signature_above, entry.header_bytes, entry.signature,
                                  _now_ms()))
@@ -325,14 +348,15 @@ class Store:
                 result.error = result.error or ForkDetected(
                     f"feed {_short(author)} signed seq {low} after another entry {entry.seq}")
                 break
-            self._insert(entry, result)
+            self._insert(entry, result, entry.hash in unchecked)
             low = entry.seq
             expected = entry.header.prev
             header_above, signature_above = entry.header_bytes, entry.signature
         self.db.execute("UPDATE feeds SET low_seq = ? WHERE author = ?", (low, author))
         result.lows[author] = low
 
-    def _known_seq(self, entry: Entry, result: IngestResult) -> None:
+    def _known_seq(self, entry: Entry, result: IngestResult,
+                   unchecked: set[bytes] | frozenset[bytes] = frozenset()) -> None:
         row = self.db.execute("SELECT id, hash, payload, retracted, header, signature FROM entries "
                               "WHERE author = ? AND seq = ?", (entry.author, entry.seq)).fetchone()
         if row is None:
@@ -344,15 +368,20 @@ class Store:
                     and (stored_payload is None or not payload_matches(entry.header_bytes, stored_payload))):
                 self._set_payload(row_id, entry)  # a missing payload, or one damaged on disk, comes back
             return
+        if not _signed(entry, unchecked):
+            raise InvalidEntry("bad signature")
         self.db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (entry.author, entry.seq, header_a, signature_a, entry.header_bytes,
                          entry.signature, _now_ms()))
         result.forked.append(entry.author)
         raise ForkDetected(f"feed {_short(entry.author)} signed two different entries at seq {entry.seq}")
 
-    def _fork_by_link(self, entry: Entry, head: FeedHead, result: IngestResult) -> None:
+    def _fork_by_link(self, entry: Entry, head: FeedHead, result: IngestResult,
+                      unchecked: set[bytes] | frozenset[bytes] = frozenset()) -> None:
         """A validly signed entry n+1 whose prev is not our entry n: the author signed another entry n.
         Keep our entry n and this header as the proof (spec/log.md, "Forks")."""
+        if not _signed(entry, unchecked):
+            raise InvalidEntry("bad signature")
         header_a, signature_a = self.db.execute("SELECT header, signature FROM entries WHERE author = ? AND seq = ?",
                                                 (head.author, head.seq)).fetchone()
         self.db.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -361,15 +390,16 @@ class Store:
         result.forked.append(entry.author)
         raise ForkDetected(f"feed {_short(entry.author)} signed seq {entry.seq} after another entry {head.seq}")
 
-    def _insert(self, entry: Entry, result: IngestResult) -> None:
+    def _insert(self, entry: Entry, result: IngestResult, unchecked: bool = False) -> None:
         content = entry.content()
         kind = content.get("type") if content else None
         cursor = self.db.execute(
-            "INSERT INTO entries(author, seq, hash, header, signature, payload, type, timestamp) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO entries(author, seq, hash, header, signature, payload, type, timestamp, signature_state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (entry.author, entry.seq, entry.hash, entry.header_bytes, entry.signature, entry.payload, kind,
-             entry.header.timestamp))
+             entry.header.timestamp, SIGNATURE_UNCHECKED if unchecked else SIGNATURE_CHECKED))
         result.stored.append(entry)
+        result.unchecked += unchecked
         if entry.payload is None:
             self.missing_changed = True
         if content is not None:
@@ -479,10 +509,12 @@ class Store:
         return dict(self.db.execute("SELECT author, low_seq FROM feeds WHERE low_seq > 1"))
 
     def raw_entries_before(self, author: bytes, seq: int, limit: int) -> list[tuple[int, bytes, bytes, bytes | None]]:
-        """Like raw_entries_after, for the `limit` entries just below `seq`, in increasing seq order."""
-        rows = self.db.execute("SELECT seq, header, signature, payload, id FROM entries WHERE author = ? AND seq < ? "
-                               "ORDER BY seq DESC LIMIT ?", (author, seq, limit)).fetchall()
-        return self._checked_rows(rows[::-1])
+        """Like raw_entries_after, for the `limit` entries just below `seq`, in increasing seq order. An entry
+        that cannot be sent (a bad signature) ends the run from below: what is sent links down from `seq`."""
+        rows = self.db.execute("SELECT seq, header, signature, payload, id, signature_state FROM entries "
+                               "WHERE author = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                               (author, seq, limit)).fetchall()
+        return self._checked_rows(rows)[::-1]
 
     def keep_latest(self, feeds: Iterable[bytes], keep: int) -> dict[bytes, int]:
         """Drop all but the latest `keep` entries of these feeds (partial feeds at hop 2 and beyond); their
@@ -501,16 +533,25 @@ class Store:
 
     def raw_entries_after(self, author: bytes, seq: int, limit: int) -> list[tuple[int, bytes, bytes, bytes | None]]:
         """(seq, header, signature, payload) of one feed's entries with seq > `seq`, in order: what a node
-        sends. A payload that does not match its header (damaged on disk) is sent as nil, never as it is."""
-        rows = self.db.execute("SELECT seq, header, signature, payload, id FROM entries WHERE author = ? AND seq > ? "
-                               "ORDER BY seq LIMIT ?", (author, seq, limit)).fetchall()
+        sends. A payload that does not match its header (damaged on disk) is sent as nil, never as it is. A
+        signature not checked yet is checked now; the entries from the first one that is bad on are not sent
+        (spec/log.md, "Checking a batch")."""
+        rows = self.db.execute("SELECT seq, header, signature, payload, id, signature_state FROM entries "
+                               "WHERE author = ? AND seq > ? ORDER BY seq LIMIT ?", (author, seq, limit)).fetchall()
         return self._checked_rows(rows)
 
     def _checked_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[int, bytes, bytes, bytes | None]]:
-        """(seq, header, signature, payload) of rows read with their ids, a damaged payload replaced by nil."""
+        """(seq, header, signature, payload) of rows read with their ids and signature states, up to the first
+        whose signature is bad, a damaged payload replaced by nil."""
         result = []
         damaged = []
-        for seq_, header, signature, payload, row_id in rows:
+        for seq_, header, signature, payload, row_id, signature_state in rows:
+            if signature_state != SIGNATURE_CHECKED and (signature_state == SIGNATURE_BAD
+                                                         or not signature_ok(header, signature)):
+                log.warning("entry %s is not sent on: its signature is bad (the entry is the author's, proven by "
+                            "a later signature; the peer that sent it altered the signature)",
+                            entry_ref(entry_hash(header)))
+                break
             if payload is not None and not payload_matches(header, payload):
                 damaged.append((row_id, decode_header(header)))
                 payload = None
@@ -545,6 +586,29 @@ class Store:
         except sqlite3.OperationalError as exc:
             log.warning("could not drop the damaged payloads: %s", exc)
         self.missing_changed = True
+
+    # ------------------------------------------------------------ signatures proven by a later one
+
+    def feeds_unchecked(self, limit: int) -> list[bytes]:
+        """Feeds that may hold entries whose own signatures are not checked yet."""
+        return [row[0] for row in self.db.execute("SELECT author FROM feeds WHERE unchecked = 1 LIMIT ?", (limit,))]
+
+    def unchecked_after(self, author: bytes, seq: int, limit: int) -> list[tuple[int, int, bytes, bytes]]:
+        """(row id, seq, header, signature) of up to `limit` entries of a feed above `seq` whose own signatures
+        are not checked yet, in seq order."""
+        return self.db.execute("SELECT id, seq, header, signature FROM entries WHERE author = ? AND seq > ? "
+                               "AND signature_state = 0 ORDER BY seq LIMIT ?", (author, seq, limit)).fetchall()
+
+    def signatures_checked(self, author: bytes, good: list[int], bad: list[int], done: bool) -> None:
+        """Record checked signatures (row ids); `done`: the feed was looked through, so unless an entry came in
+        unchecked meanwhile it holds none any more."""
+        with self._write():
+            self.db.executemany("UPDATE entries SET signature_state = 1 WHERE id = ? AND signature_state = 0",
+                                [(row_id,) for row_id in good])
+            self.db.executemany("UPDATE entries SET signature_state = 2 WHERE id = ?", [(row_id,) for row_id in bad])
+            if done:
+                self.db.execute("UPDATE feeds SET unchecked = 0 WHERE author = ? AND NOT EXISTS "
+                                "(SELECT 1 FROM entries WHERE author = ? AND signature_state = 0)", (author, author))
 
     def missing_payloads(self, limit: int) -> list[tuple[bytes, int]]:
         """(feed, seq) of entries held without their payload that were not retracted (received without it,
@@ -916,6 +980,12 @@ def _stored(row: tuple[Any, ...]) -> StoredEntry:
     damaged = payload is not None and not payload_matches(header, payload)
     entry = Entry(header, signature, None if damaged else payload, decode_header(header), hash_)
     return StoredEntry(row_id, entry, bool(retracted), damaged)
+
+
+def _signed(entry: Entry, unchecked: set[bytes] | frozenset[bytes]) -> bool:
+    """Whether an entry's own signature is good (checked now if it was not when the entry came in): a fork
+    proof keeps two signed headers, each of which `check` verifies again."""
+    return entry.hash not in unchecked or signature_ok(entry.header_bytes, entry.signature)
 
 
 def _short(author: bytes) -> str:

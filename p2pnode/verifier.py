@@ -1,6 +1,7 @@
-# Checks the signatures of received batches in worker processes, so that a node syncing a large feed uses
-# every core: libsodium's Ed25519 verify is most of the cost of ingesting, and threads in one process
-# contend for the GIL between calls. Everything else about an entry is checked in the node's own process.
+# Checks received batches: everything but the signatures in the node's own process, then the signatures the
+# batch needs checked (spec/log.md, "Checking a batch": one per feed for a run that forms a hash chain, every
+# one otherwise) in worker processes when there are many, so that a batch of many feeds uses every core:
+# libsodium's Ed25519 verify costs 55 us, and threads in one process contend for the GIL between calls.
 # The workers die with the node, whatever kills it (see _worker_init).
 from __future__ import annotations
 
@@ -14,20 +15,31 @@ import sys
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import trio
 
 from protocol.errors import InvalidEntry
-from protocol.log import Entry, first_bad_signature, verify_entries
+from protocol.log import (
+    Entry,
+    authenticate,
+    bad_signatures,
+    first_bad_signature,
+    signature_ok,
+    signatures_to_check,
+    verify_entries,
+)
 
 log = logging.getLogger("p2pnode.verifier")
 
 Raw = tuple[bytes, bytes, bytes | None]
+INLINE_CHUNK = 100  # signatures checked on the event loop between two checkpoints (5.5 ms)
 
 
 class Verifier:
-    """`await verify(items)` -> (verified entries before the first invalid one, its error or None).
-    With 0 workers it verifies inline (simulations under a virtual clock, where a thread hop looks idle)."""
+    """`await verify(items)` -> (entries before the first invalid one, its error or None, the hashes of those
+    whose own signatures went unchecked: spec/log.md, "Checking a batch"). With 0 workers it checks inline
+    (simulations under a virtual clock, where a thread hop looks idle)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -38,22 +50,44 @@ class Verifier:
                                             initializer=_worker_init, initargs=(os.getpid(),))
 
     def start(self, items: list[Raw]) -> Pending:
-        """Hand a batch to the workers now; `await pending.result()` later. Starting the next batch before
-        finishing this one keeps the workers busy while the node stores the previous batch."""
+        """Check a batch but for its signatures now, and hand the signatures it needs checked to the workers;
+        `await pending.result()` later. Starting the next batch before finishing this one keeps the workers
+        busy while the node stores the previous batch."""
+        entries, error = verify_entries(items, signatures_checked=True)
+        positions = signatures_to_check(entries)
+        chunks: list[list[int]] = []
         futures: list[Future[int | None]] = []
-        size = len(items)
-        if self.pool is not None and len(items) >= 2 * self.workers:
-            size = -(-len(items) // self.workers)
+        if self.pool is not None and len(positions) >= 2 * self.workers:
+            size = -(-len(positions) // self.workers)
+            chunks = [positions[i:i + size] for i in range(0, len(positions), size)]
             try:
-                futures = [self.pool.submit(first_bad_signature, [(h, s) for h, s, _ in items[i:i + size]])
-                           for i in range(0, len(items), size)]
+                futures = [self.pool.submit(first_bad_signature,
+                                            [(entries[i].header_bytes, entries[i].signature) for i in chunk])
+                           for chunk in chunks]
             except (BrokenProcessPool, RuntimeError) as exc:  # a worker died, or the pool is shut down
                 self._lost(exc)
                 futures = []
-        return Pending(self, items, futures, size)
+        return Pending(self, entries, error, chunks, futures)
 
-    async def verify(self, items: list[Raw]) -> tuple[list[Entry], InvalidEntry | None]:
+    async def verify(self, items: list[Raw]) -> tuple[list[Entry], InvalidEntry | None, set[bytes]]:
         return await self.start(items).result()
+
+    async def bad_signatures(self, items: list[tuple[bytes, bytes]]) -> list[int]:
+        """The positions of the (header, signature) pairs whose signatures are bad: in the workers, or inline
+        with a checkpoint every INLINE_CHUNK signatures."""
+        if self.pool is not None and items:
+            size = -(-len(items) // self.workers)
+            try:
+                futures = [self.pool.submit(bad_signatures, items[i:i + size]) for i in range(0, len(items), size)]
+                results = await trio.to_thread.run_sync(_results, futures, abandon_on_cancel=True)
+                return [i * size + bad for i, found in enumerate(results) for bad in found]
+            except (BrokenProcessPool, RuntimeError) as exc:
+                self._lost(exc)
+        bad: list[int] = []
+        for start in range(0, len(items), INLINE_CHUNK):
+            bad.extend(start + i for i in bad_signatures(items[start:start + INLINE_CHUNK]))
+            await trio.lowlevel.checkpoint()
+        return bad
 
     def _lost(self, exc: BaseException) -> None:
         log.warning("signature workers unavailable (%s); verifying in the node's process", exc)
@@ -68,27 +102,34 @@ class Verifier:
 class Pending:
     """A batch whose signatures the workers are checking."""
 
-    def __init__(self, verifier: Verifier, items: list[Raw], futures: list[Future[int | None]], size: int) -> None:
+    def __init__(self, verifier: Verifier, entries: list[Entry], error: InvalidEntry | None,
+                 chunks: list[list[int]], futures: list[Future[int | None]]) -> None:
         self.verifier = verifier
-        self.items = items
+        self.entries = entries
+        self.error = error
+        self.chunks = chunks
         self.futures = futures
-        self.size = size
 
-    async def result(self) -> tuple[list[Entry], InvalidEntry | None]:
-        if not self.futures:
-            return verify_entries(self.items)
-        try:
-            results = await trio.to_thread.run_sync(_results, self.futures, abandon_on_cancel=True)
-        except (BrokenProcessPool, RuntimeError) as exc:
-            self.verifier._lost(exc)
-            return verify_entries(self.items)
-        bad = next((i * self.size + r for i, r in enumerate(results) if r is not None), None)
-        checked = self.items if bad is None else self.items[:bad]
-        verified, error = verify_entries(checked, signatures_checked=True)
-        if error is None and bad is not None:
-            _, error = verify_entries(self.items[bad:bad + 1])  # the full check names what is wrong
-            error = error or InvalidEntry("bad signature")
-        return verified, error
+    async def result(self) -> tuple[list[Entry], InvalidEntry | None, set[bytes]]:
+        known: dict[int, bool] = {}  # position -> signature valid, as the workers found
+        if self.futures:
+            try:
+                results = await trio.to_thread.run_sync(_results, self.futures, abandon_on_cancel=True)
+            except (BrokenProcessPool, RuntimeError) as exc:
+                self.verifier._lost(exc)
+                results = []
+            for chunk, bad in zip(self.chunks, results, strict=False):
+                for index, position in enumerate(chunk if bad is None else chunk[:bad + 1]):
+                    known[position] = index != bad
+        entries = self.entries
+
+        def valid(position: int) -> bool:
+            if position in known:
+                return known[position]
+            return signature_ok(entries[position].header_bytes, entries[position].signature)
+
+        kept, failed, unchecked = authenticate(entries, valid)
+        return kept, (InvalidEntry("bad signature") if failed else self.error), unchecked
 
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -132,5 +173,5 @@ def _watch_node(node_pid: int) -> None:
         threading.Event().wait(1.0)
 
 
-def _results(futures: list[Future[int | None]]) -> list[int | None]:
+def _results(futures: list[Future[Any]]) -> list[Any]:
     return [future.result() for future in futures]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -324,6 +325,58 @@ def verify_entries(items: list[tuple[bytes, bytes, bytes | None]], *,
     return verified, None
 
 
+def signatures_to_check(entries: list[Entry]) -> list[int]:
+    """Step 3 for a batch (spec/log.md, "Checking a batch"): the positions of the entries whose own signatures
+    must be checked. Of each feed's entries in the batch, when they form one hash chain in batch order (each
+    the seq after the one before it and naming that one's hash as prev), only the last: its signature covers
+    its prev, and so, hash by hash, every entry before it. Otherwise every one of them."""
+    runs: dict[bytes, list[int]] = {}
+    for index, entry in enumerate(entries):
+        runs.setdefault(entry.header.author, []).append(index)
+    to_check: list[int] = []
+    for run in runs.values():
+        linked = all(entries[later].header.seq == entries[earlier].header.seq + 1
+                     and entries[later].header.prev == entries[earlier].hash
+                     for earlier, later in zip(run, run[1:], strict=False))
+        to_check.extend(run[-1:] if linked else run)
+    to_check.sort()
+    return to_check
+
+
+def authenticate(entries: list[Entry], signature_valid: Callable[[int], bool]) -> tuple[list[Entry], bool, set[bytes]]:
+    """Step 3 for a batch whose other steps passed: (the entries before the first one not proven authentic,
+    whether a signature failed, the hashes of the entries kept whose own signatures went unchecked). A failed
+    signature cuts the batch there, and the entries before it are proven again by the last of each feed's
+    entries that remain, so nothing kept leans on a signature that was not checked or was cut away.
+    `signature_valid(position)` checks one entry's signature (and may answer from checks done elsewhere)."""
+    kept, failed = entries, False
+    results: dict[int, bool] = {}
+
+    def valid(position: int) -> bool:
+        if position not in results:
+            results[position] = signature_valid(position)
+        return results[position]
+
+    while True:
+        to_check = signatures_to_check(kept)
+        bad = next((i for i in to_check if not valid(i)), None)
+        if bad is None:
+            checked = set(to_check)
+            return kept, failed, {entry.hash for index, entry in enumerate(kept) if index not in checked}
+        kept, failed = kept[:bad], True
+
+
+def verify_batch(items: list[tuple[bytes, bytes, bytes | None]]) -> tuple[list[Entry], InvalidEntry | None,
+                                                                           set[bytes]]:
+    """Steps 1 to 4 over a batch, checking only the signatures that `authenticate` needs: the entries before
+    the first invalid one, its error, and the hashes of the entries whose own signatures went unchecked (a
+    node checks those before it sends them on: spec/log.md, "Checking a batch")."""
+    entries, error = verify_entries(items, signatures_checked=True)
+    kept, failed, unchecked = authenticate(
+        entries, lambda i: signature_ok(entries[i].header_bytes, entries[i].signature))
+    return kept, (InvalidEntry("bad signature") if failed else error), unchecked
+
+
 def payload_matches(header_bytes: bytes, payload: bytes) -> bool:
     """Whether `payload` is the one the header commits to (its SHA-256 and size): how a node checks a payload
     it has stored before showing or sending it (a stored header was verified when it came in)."""
@@ -363,6 +416,11 @@ def first_bad_signature(items: list[tuple[bytes, bytes]]) -> int | None:
         if not signature_ok(header_bytes, signature):
             return index
     return None
+
+
+def bad_signatures(items: list[tuple[bytes, bytes]]) -> list[int]:
+    """The indexes of the (header, signature) pairs whose signatures do not verify."""
+    return [index for index, (header_bytes, signature) in enumerate(items) if not signature_ok(header_bytes, signature)]
 
 
 def verify_entry(header_bytes: bytes, signature: bytes, payload: bytes | None) -> Entry:

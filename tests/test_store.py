@@ -555,3 +555,61 @@ def test_keep_latest_cuts_a_feed_to_its_newest_entries(store: Store) -> None:
     assert seqs(store, ALICE) == list(range(71, 101)) and store.check() == []
     assert store.keep_latest([ALICE], 30) == {}
     assert store.ingest_verified(make_feed(ALICE_KEY, 1, after=feed[-1])).error is None
+
+
+# ---------------------------------------------------------------- signatures proven by a later one
+
+
+def _altered(entry: Entry) -> Entry:
+    """The entry with one bit of its signature flipped (what a hostile peer can do to an entry that a later
+    signature proves: spec/log.md, "Checking a batch")."""
+    signature = entry.signature[:3] + bytes([entry.signature[3] ^ 1]) + entry.signature[4:]
+    return Entry(entry.header_bytes, signature, entry.payload, entry.header, entry.hash, entry.decoded)
+
+
+def test_unchecked_signatures_are_checked_before_they_are_sent(store: Store) -> None:
+    feed = make_feed(ALICE_KEY, 10)
+    feed[4] = _altered(feed[4])
+    result = store.ingest_verified(feed, None, {e.hash for e in feed[:-1]})
+    assert result.error is None and result.unchecked == 9
+    alice = bytes(ALICE_KEY.verify_key)
+    assert store.feeds_unchecked(10) == [alice]
+    # sending stops before the altered signature, read forwards (a stream) or backwards (a backfill)
+    assert [row[0] for row in store.raw_entries_after(alice, 0, 100)] == [1, 2, 3, 4]
+    assert [row[0] for row in store.raw_entries_before(alice, 11, 100)] == [6, 7, 8, 9, 10]
+    assert store.entries_at([(alice, 5)]) == []  # nor is it an answer to a fetch
+    # the quiet-time check records what it found; the altered entry stays held, and unsent
+    rows = store.unchecked_after(alice, 0, 100)
+    assert [row[1] for row in rows] == list(range(1, 10))
+    store.signatures_checked(alice, [row[0] for row in rows if row[1] != 5], [row[0] for row in rows if row[1] == 5],
+                             True)
+    assert store.unchecked_after(alice, 0, 100) == [] and store.feeds_unchecked(10) == []
+    assert seqs(store, alice) == list(range(1, 11))
+    assert [row[0] for row in store.raw_entries_after(alice, 0, 100)] == [1, 2, 3, 4]
+    assert [row[0] for row in store.raw_entries_after(alice, 5, 100)] == [6, 7, 8, 9, 10]
+
+
+def test_a_fork_proof_needs_the_received_header_signed(store: Store) -> None:
+    feed = make_feed(ALICE_KEY, 3)
+    assert store.ingest_verified(feed[:2]).error is None
+    other = make_feed(ALICE_KEY, 3, text="other")  # the author's second history
+    # its seq 3 follows another seq 2: a fork, but only with a good signature on the header that shows it
+    refused = store.ingest_verified([_altered(other[2])], None, {other[2].hash})
+    assert isinstance(refused.error, InvalidEntry) and not isinstance(refused.error, ForkDetected)
+    assert store.db.execute("SELECT count(*) FROM forks").fetchone()[0] == 0
+    proven = store.ingest_verified([other[2]], None, {other[2].hash})
+    assert isinstance(proven.error, ForkDetected)
+
+
+def test_migration_6_keeps_older_entries_as_checked(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    with Store(path, OWNER_KEY.verify_key.encode()) as old:
+        old.ingest(wire(make_feed(ALICE_KEY, 3)))
+        old.db.execute("ALTER TABLE entries DROP COLUMN signature_state")  # as the version before 6 left it
+        old.db.execute("ALTER TABLE feeds DROP COLUMN unchecked")
+        old.db.execute("DELETE FROM schema_migrations WHERE version = 6")
+    with Store(path, OWNER_KEY.verify_key.encode()) as store:
+        assert 6 in store.schema_versions()
+        alice = bytes(ALICE_KEY.verify_key)
+        assert store.unchecked_after(alice, 0, 10) == [] and store.feeds_unchecked(10) == []
+        assert [row[0] for row in store.raw_entries_after(alice, 0, 10)] == [1, 2, 3]

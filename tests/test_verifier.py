@@ -1,22 +1,45 @@
-# The signature workers (p2pnode/verifier.py): real worker processes give the same answer as verifying
-# inline, for clean batches and for a bad entry in any position, including one only the workers check.
+# Checking received batches (p2pnode/verifier.py, spec/log.md "Checking a batch"): real worker processes give
+# the same answer as checking inline, for clean batches and for a bad entry in any position; a feed's run that
+# forms a hash chain is proven by its last signature, so a damaged signature inside it is not trusted, only
+# reported as unchecked, and a damaged last signature cuts the run back to the entry before it.
 from __future__ import annotations
 
 import nacl.signing
 import pytest
 
 from p2pnode.verifier import Verifier
-from protocol.log import create_entry, verify_entries
+from protocol.log import create_entry, verify_batch
 
 KEY = nacl.signing.SigningKey(b"\x09" * 32)
+KEYS = [nacl.signing.SigningKey(bytes([20 + i]) * 32) for i in range(40)]
+
+Item = tuple[bytes, bytes, bytes | None]
 
 
-def _batch(n: int) -> list[tuple[bytes, bytes, bytes | None]]:
+def _chain(key: nacl.signing.SigningKey, n: int) -> list[Item]:
     items, previous = [], None
     for i in range(n):
-        previous = create_entry(KEY, previous, {"type": "post", "text": f"entry {i}"}, 1_000 + i)
+        previous = create_entry(key, previous, {"type": "post", "text": f"entry {i}"}, 1_000 + i)
         items.append((previous.header_bytes, previous.signature, previous.payload))
     return items
+
+
+def _many_feeds(n: int) -> list[Item]:
+    """The first entries of n feeds: no chain proves one by another, so every signature is checked (the
+    workers' case)."""
+    return [_chain(key, 1)[0] for key in KEYS[:n]]
+
+
+def _damage(items: list[Item], position: int, what: str) -> None:
+    header, signature, payload = items[position]
+    if what == "signature":
+        signature = signature[:10] + bytes([signature[10] ^ 1]) + signature[11:]
+    elif what == "header":
+        header = header[:-1] + bytes([header[-1] ^ 1])
+    else:
+        assert payload is not None
+        payload = payload.replace(b"entry", b"Entry")
+    items[position] = (header, signature, payload)
 
 
 @pytest.fixture(scope="module")
@@ -26,28 +49,73 @@ def workers() -> Verifier:
     verifier.close()
 
 
-async def test_clean_batch_matches_inline(workers: Verifier) -> None:
-    items = _batch(40)
-    entries, error = await workers.verify(items)
-    assert error is None
-    assert [e.hash for e in entries] == [e.hash for e in verify_entries(items)[0]]
+async def test_a_clean_chain_is_proven_by_its_last_signature(workers: Verifier) -> None:
+    items = _chain(KEY, 40)
+    entries, error, unchecked = await workers.verify(items)
+    assert error is None and len(entries) == 40
+    assert unchecked == {e.hash for e in entries[:-1]}  # only the last entry's own signature was checked
+    assert (entries, error, unchecked) == verify_batch(items)
+
+
+async def test_a_clean_batch_of_many_feeds_goes_through_the_workers(workers: Verifier) -> None:
+    items = _many_feeds(40)
+    entries, error, unchecked = await workers.verify(items)
+    assert error is None and len(entries) == 40 and unchecked == set()
     assert workers.pool is not None  # it really went through the worker processes
 
 
 @pytest.mark.parametrize("position", [0, 7, 19, 20, 33, 39])
 @pytest.mark.parametrize("damage", ["signature", "header", "payload"])
 async def test_first_bad_entry_matches_inline(workers: Verifier, position: int, damage: str) -> None:
-    items = _batch(40)
-    header, signature, payload = items[position]
-    if damage == "signature":
-        signature = signature[:10] + bytes([signature[10] ^ 1]) + signature[11:]
-    elif damage == "header":
-        header = header[:-1] + bytes([header[-1] ^ 1])
-    else:
-        payload = payload.replace(b"entry", b"Entry")
-    items[position] = (header, signature, payload)
-    entries, error = await workers.verify(items)
-    inline_entries, inline_error = verify_entries(items)
+    items = _many_feeds(40)
+    _damage(items, position, damage)
+    entries, error, unchecked = await workers.verify(items)
+    inline_entries, inline_error, inline_unchecked = verify_batch(items)
     assert error is not None and inline_error is not None
     assert error.reason == inline_error.reason
     assert len(entries) == position == len(inline_entries)
+    assert unchecked == inline_unchecked == set()
+
+
+@pytest.mark.parametrize("position", [0, 7, 38])
+async def test_a_damaged_signature_inside_a_chain_is_kept_unchecked(workers: Verifier, position: int) -> None:
+    """The entry is the author's (the last entry's signature covers its hash), but its signature bytes are
+    not: the node stores it as unchecked and never sends it on before checking it (test_store.py)."""
+    items = _chain(KEY, 40)
+    _damage(items, position, "signature")
+    entries, error, unchecked = await workers.verify(items)
+    assert error is None and len(entries) == 40
+    assert entries[position].hash in unchecked
+
+
+async def test_a_damaged_last_signature_cuts_the_chain_to_the_entry_before(workers: Verifier) -> None:
+    items = _chain(KEY, 40)
+    _damage(items, 39, "signature")
+    entries, error, unchecked = await workers.verify(items)
+    assert error is not None and error.reason == "invalid: bad signature"
+    assert len(entries) == 39 and unchecked == {e.hash for e in entries[:-1]}  # entry 38 checked instead
+    _damage(items, 38, "signature")  # and when that one is bad too, the cut moves on down
+    entries, error, _ = await workers.verify(items)
+    assert error is not None and len(entries) == 38
+
+
+async def test_a_broken_link_means_every_signature_is_checked() -> None:
+    items = _chain(KEY, 10)
+    del items[4]  # entry 6 no longer follows the entry before it in the batch
+    _damage(items, 2, "signature")
+    entries, error, unchecked = verify_batch(items)
+    assert error is not None and len(entries) == 2
+    assert unchecked == {entries[0].hash}  # what is left, entries 1-2, is a chain again: entry 2 proves 1
+
+
+async def test_an_entry_is_not_proven_by_a_signature_that_was_cut_away() -> None:
+    """A's entries 1-2 lean on A's entry 3, which comes after B's bad entry: the cut at B leaves A's entry 2
+    to be checked itself, and a damaged one cuts there."""
+    a, b = _chain(KEYS[0], 3), _chain(KEYS[1], 1)
+    items = [a[0], a[1], b[0], a[2]]
+    _damage(items, 2, "signature")
+    entries, error, unchecked = verify_batch(items)
+    assert error is not None and len(entries) == 2 and unchecked == {verify_batch(a[:1])[0][0].hash}
+    _damage(items, 1, "signature")
+    entries, error, _ = verify_batch(items)
+    assert error is not None and len(entries) == 1
