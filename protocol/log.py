@@ -330,17 +330,21 @@ def signatures_to_check(entries: list[Entry]) -> list[int]:
     must be checked. Of each feed's entries in the batch, when they form one hash chain in batch order (each
     the seq after the one before it and naming that one's hash as prev), only the last: its signature covers
     its prev, and so, hash by hash, every entry before it. Otherwise every one of them."""
-    runs: dict[bytes, list[int]] = {}
+    last: dict[bytes, Entry] = {}  # author -> its latest entry so far in the batch
+    position: dict[bytes, int] = {}
+    unlinked: set[bytes] = set()  # feeds whose entries in the batch are not one chain
     for index, entry in enumerate(entries):
-        runs.setdefault(entry.header.author, []).append(index)
-    to_check: list[int] = []
-    for run in runs.values():
-        linked = all(entries[later].header.seq == entries[earlier].header.seq + 1
-                     and entries[later].header.prev == entries[earlier].hash
-                     for earlier, later in zip(run, run[1:], strict=False))
-        to_check.extend(run[-1:] if linked else run)
-    to_check.sort()
-    return to_check
+        header = entry.header
+        author = header.author
+        before = last.get(author)
+        if before is not None and (header.seq != before.header.seq + 1 or header.prev != before.hash):
+            unlinked.add(author)
+        last[author] = entry
+        position[author] = index
+    if not unlinked:
+        return sorted(position.values())
+    return sorted([i for i, entry in enumerate(entries) if entry.header.author in unlinked]
+                  + [i for author, i in position.items() if author not in unlinked])
 
 
 def authenticate(entries: list[Entry], signature_valid: Callable[[int], bool]) -> tuple[list[Entry], bool, set[bytes]]:
