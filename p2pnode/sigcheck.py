@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import trio
 
 from protocol.ids import entry_ref
-from protocol.log import entry_hash
 
 from .store import Store
 
@@ -47,6 +46,7 @@ class SignatureChecker:
                 continue
             for author in authors:
                 await self._check_feed(author)
+                await trio.lowlevel.checkpoint()  # inline store calls (simulations) do not yield by themselves
 
     async def _quiet(self) -> None:
         while (left := self.last_busy + QUIET_S - trio.current_time()) > 0:
@@ -61,12 +61,13 @@ class SignatureChecker:
             bad = set(await node.verifier.bad_signatures([(header, signature) for _, _, header, signature in rows]))
             for position in sorted(bad):
                 log.warning("entry %s has a bad signature: it is kept (a later signature of its author proves it) "
-                            "but never sent on", entry_ref(entry_hash(rows[position][2])))
+                            "but never sent on", entry_ref(rows[position][1]))
+            named = [(entry, signature) for _, entry, _, signature in rows]
             await node.db.write(Store.signatures_checked, author,
-                                [row[0] for i, row in enumerate(rows) if i not in bad],
-                                [row[0] for i, row in enumerate(rows) if i in bad], len(rows) < CHUNK)
+                                [ref for i, ref in enumerate(named) if i not in bad],
+                                [ref for i, ref in enumerate(named) if i in bad], len(rows) < CHUNK)
             self.checked += len(rows)
             self.bad += len(bad)
             if len(rows) < CHUNK:
                 return
-            seq = rows[-1][1]
+            seq = rows[-1][0]

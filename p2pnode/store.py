@@ -357,13 +357,15 @@ class Store:
 
     def _known_seq(self, entry: Entry, result: IngestResult,
                    unchecked: set[bytes] | frozenset[bytes] = frozenset()) -> None:
-        row = self.db.execute("SELECT id, hash, payload, retracted, header, signature FROM entries "
+        row = self.db.execute("SELECT id, hash, payload, retracted, header, signature, signature_state FROM entries "
                               "WHERE author = ? AND seq = ?", (entry.author, entry.seq)).fetchone()
         if row is None:
             raise InvalidEntry(f"store has no entry at seq {entry.seq} below the head")  # cannot happen
-        row_id, stored_hash, stored_payload, retracted, header_a, signature_a = row
+        row_id, stored_hash, stored_payload, retracted, header_a, signature_a, signature_state = row
         if stored_hash == entry.hash:
             result.duplicates += 1
+            if signature_state != SIGNATURE_CHECKED and (entry.signature != signature_a or entry.hash not in unchecked):
+                self._set_signature(row_id, entry, entry.hash not in unchecked, result)
             if (entry.payload is not None and not retracted
                     and (stored_payload is None or not payload_matches(entry.header_bytes, stored_payload))):
                 self._set_payload(row_id, entry)  # a missing payload, or one damaged on disk, comes back
@@ -404,6 +406,15 @@ class Store:
             self.missing_changed = True
         if content is not None:
             self._apply(cursor.lastrowid, entry, content, result)
+
+    def _set_signature(self, row_id: int, entry: Entry, checked: bool, result: IngestResult) -> None:
+        """Another copy of an entry held with a signature that is bad or not checked yet: keep the copy's
+        signature, checked (it was checked as it came in) or to be checked (spec/log.md, "Checking a batch")."""
+        self.db.execute("UPDATE entries SET signature = ?, signature_state = ? WHERE id = ?",
+                        (entry.signature, SIGNATURE_CHECKED if checked else SIGNATURE_UNCHECKED, row_id))
+        if not checked:
+            self.db.execute("UPDATE feeds SET unchecked = 1 WHERE author = ?", (entry.author,))
+            result.unchecked += 1
 
     def _set_payload(self, row_id: int, entry: Entry) -> None:
         content = entry.content() or {}
@@ -593,28 +604,32 @@ class Store:
         """Feeds that may hold entries whose own signatures are not checked yet."""
         return [row[0] for row in self.db.execute("SELECT author FROM feeds WHERE unchecked = 1 LIMIT ?", (limit,))]
 
-    def unchecked_after(self, author: bytes, seq: int, limit: int) -> list[tuple[int, int, bytes, bytes]]:
-        """(row id, seq, header, signature) of up to `limit` entries of a feed above `seq` whose own signatures
+    def unchecked_after(self, author: bytes, seq: int, limit: int) -> list[tuple[int, bytes, bytes, bytes]]:
+        """(seq, hash, header, signature) of up to `limit` entries of a feed above `seq` whose own signatures
         are not checked yet, in seq order."""
-        return self.db.execute("SELECT id, seq, header, signature FROM entries WHERE author = ? AND seq > ? "
+        return self.db.execute("SELECT seq, hash, header, signature FROM entries WHERE author = ? AND seq > ? "
                                "AND signature_state = 0 ORDER BY seq LIMIT ?", (author, seq, limit)).fetchall()
 
-    def signatures_checked(self, author: bytes, good: list[int], bad: list[int], done: bool) -> None:
-        """Record checked signatures (row ids); `done`: the feed was looked through, so unless an entry came in
+    def signatures_checked(self, author: bytes, good: list[tuple[bytes, bytes]], bad: list[tuple[bytes, bytes]],
+                           done: bool) -> None:
+        """Record checked signatures, each named by (entry hash, signature) so that a row deleted and stored
+        again meanwhile keeps its own state; `done`: the feed was looked through, so unless an entry came in
         unchecked meanwhile it holds none any more."""
         with self._write():
-            self.db.executemany("UPDATE entries SET signature_state = 1 WHERE id = ? AND signature_state = 0",
-                                [(row_id,) for row_id in good])
-            self.db.executemany("UPDATE entries SET signature_state = 2 WHERE id = ?", [(row_id,) for row_id in bad])
+            self.db.executemany("UPDATE entries SET signature_state = 1 WHERE hash = ? AND signature = ? "
+                                "AND signature_state = 0", good)
+            self.db.executemany("UPDATE entries SET signature_state = 2 WHERE hash = ? AND signature = ?", bad)
             if done:
                 self.db.execute("UPDATE feeds SET unchecked = 0 WHERE author = ? AND NOT EXISTS "
                                 "(SELECT 1 FROM entries WHERE author = ? AND signature_state = 0)", (author, author))
+        if bad:
+            self.missing_changed = True  # fetched again from peers (p2pnode/repair.py)
 
     def missing_payloads(self, limit: int) -> list[tuple[bytes, int]]:
         """(feed, seq) of entries held without their payload that were not retracted (received without it,
-        or dropped as damaged): what the node asks peers for. Oldest first."""
+        or dropped as damaged), or with a bad signature: what the node asks peers for. Oldest first."""
         return self.db.execute("SELECT author, seq FROM entries WHERE payload IS NULL AND retracted = 0 "
-                               "ORDER BY id LIMIT ?", (limit,)).fetchall()
+                               "OR signature_state = 2 ORDER BY id LIMIT ?", (limit,)).fetchall()
 
     def feed(self, author: bytes, limit: int | None = None, before_seq: int | None = None) -> list[StoredEntry]:
         """A feed's entries, newest first; with `before_seq`, only those below that seq (keyset paging)."""

@@ -24,7 +24,6 @@ from protocol.log import (
     Entry,
     authenticate,
     bad_signatures,
-    first_bad_signature,
     signature_ok,
     signatures_to_check,
     verify_entries,
@@ -56,12 +55,12 @@ class Verifier:
         entries, error = verify_entries(items, signatures_checked=True)
         positions = signatures_to_check(entries)
         chunks: list[list[int]] = []
-        futures: list[Future[int | None]] = []
+        futures: list[Future[list[int]]] = []
         if self.pool is not None and len(positions) >= 2 * self.workers:
             size = -(-len(positions) // self.workers)
             chunks = [positions[i:i + size] for i in range(0, len(positions), size)]
             try:
-                futures = [self.pool.submit(first_bad_signature,
+                futures = [self.pool.submit(bad_signatures,
                                             [(entries[i].header_bytes, entries[i].signature) for i in chunk])
                            for chunk in chunks]
             except (BrokenProcessPool, RuntimeError) as exc:  # a worker died, or the pool is shut down
@@ -103,7 +102,7 @@ class Pending:
     """A batch whose signatures the workers are checking."""
 
     def __init__(self, verifier: Verifier, entries: list[Entry], error: InvalidEntry | None,
-                 chunks: list[list[int]], futures: list[Future[int | None]]) -> None:
+                 chunks: list[list[int]], futures: list[Future[list[int]]]) -> None:
         self.verifier = verifier
         self.entries = entries
         self.error = error
@@ -119,8 +118,7 @@ class Pending:
                 self.verifier._lost(exc)
                 results = []
             for chunk, bad in zip(self.chunks, results, strict=False):
-                for index, position in enumerate(chunk if bad is None else chunk[:bad + 1]):
-                    known[position] = index != bad
+                known.update((position, index not in bad) for index, position in enumerate(chunk))
         entries = self.entries
 
         def valid(position: int) -> bool:

@@ -314,8 +314,8 @@ def verify_entries(items: list[tuple[bytes, bytes, bytes | None]], *,
                    signatures_checked: bool = False) -> tuple[list[Entry], InvalidEntry | None]:
     """verify_entry over a batch: the verified entries before the first invalid one, and its error.
 
-    `signatures_checked=True` skips step 3 for entries whose signatures `first_bad_signature` has already
-    accepted (a node runs that in worker processes); every other check still runs here."""
+    `signatures_checked=True` skips step 3: the caller checks the signatures the batch needs (`authenticate`,
+    in worker processes or inline); every other check still runs here."""
     verified = []
     for header_bytes, signature, payload in items:
         try:
@@ -412,14 +412,6 @@ def signature_ok(header_bytes: bytes, signature: bytes) -> bool:
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         return False
     return True
-
-
-def first_bad_signature(items: list[tuple[bytes, bytes]]) -> int | None:
-    """The index of the first (header, signature) pair whose signature does not verify, or None."""
-    for index, (header_bytes, signature) in enumerate(items):
-        if not signature_ok(header_bytes, signature):
-            return index
-    return None
 
 
 def bad_signatures(items: list[tuple[bytes, bytes]]) -> list[int]:

@@ -396,8 +396,9 @@ class Replicator:
         self.now = max(self.now, now)
         for peer in self.peers.values():
             if peer.notes_waiting and now - peer.notes_since >= self.note_delay:
-                # a note the peer no longer needs (it noted or sent that entry meanwhile) is dropped when sent
-                peer.notes_due |= peer.notes_waiting
+                # not the notes the peer no longer needs: it noted (or sent) those entries itself meanwhile
+                clock, their_seq = self.clock, peer.their_seq
+                peer.notes_due.update(f for f in peer.notes_waiting if clock.get(f, 0) > their_seq.get(f, 0))
                 peer.notes_waiting = set()
                 self.touched.add(peer.id)
             if peer.wants_all and peer.cursor < len(self.order) and peer.offers is not None \
@@ -460,9 +461,7 @@ class Replicator:
                 return wire.Backfill(asks)
         while peer.notes_due:
             feeds = _take(peer.notes_due, wire.MAX_FEEDS_PER_WANT)
-            their_seq = peer.their_seq
-            notes = {f: seq for f in feeds if (seq := self.clock.get(f, 0)) > their_seq.get(f, 0)
-                     and f not in self.blocked}
+            notes = {f: self.clock[f] for f in feeds if self.clock.get(f, 0) > 0 and f not in self.blocked}
             if notes:
                 return wire.Have(notes)
         if peer.wants_all:

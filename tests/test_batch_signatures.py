@@ -1,7 +1,8 @@
 # Batches proven by their last signature (spec/log.md, "Checking a batch"), end to end on the in-process
 # network: a peer that alters the signature of an entry inside a run cannot get that signature past the node.
 # The node keeps the entry (its author's later signature proves it), finds the bad signature when it is quiet,
-# and never sends it on: a third node syncing from it gets the feed up to the entry before.
+# and never sends it on: a third node syncing from it gets the feed up to the entry before, until a peer that
+# holds the entry as its author signed it comes by and the node fetches it again.
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +29,7 @@ def head(store: Store) -> int:
     return found.seq if found is not None else 0
 
 
-async def test_an_altered_signature_inside_a_run_is_kept_but_never_sent_on(
+async def test_an_altered_signature_inside_a_run_is_never_sent_on_and_fetched_again(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     entries = chain(AUTHOR, [f"post {n}" for n in range(30)])
     items = [list(e.to_wire()) for e in entries]
@@ -59,6 +60,21 @@ async def test_an_altered_signature_inside_a_run_is_kept_but_never_sent_on(
         rows = follower.store.db.execute("SELECT header, signature FROM entries WHERE author = ?",
                                          (AUTHOR_ID,)).fetchall()
         assert len(rows) == ALTERED - 1 and all(signature_ok(h, s) for h, s in rows)
+
+        # a peer that holds the feed as its author signed it comes: the node fetches the entry again (as it
+        # fetches a payload damaged on disk), keeps the good signature, and the follower gets the rest
+        def holds_feed(key: object, store: Store) -> None:
+            assert store.ingest_verified(entries).error is None
+
+        await net.add([relay.address], prepare=holds_feed)
+        await wait_until(lambda: states(relay.store)[ALTERED] == SIGNATURE_CHECKED)
+        header, signature = relay.store.db.execute("SELECT header, signature FROM entries WHERE author = ? AND "
+                                                   "seq = ?", (AUTHOR_ID, ALTERED)).fetchone()
+        assert signature_ok(header, signature)
+        await wait_until(lambda: head(follower.store) == 30)
+        rows = follower.store.db.execute("SELECT header, signature FROM entries WHERE author = ?",
+                                         (AUTHOR_ID,)).fetchall()
+        assert len(rows) == 30 and all(signature_ok(h, s) for h, s in rows)
         nursery.cancel_scope.cancel()
 
 

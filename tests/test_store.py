@@ -580,9 +580,9 @@ def test_unchecked_signatures_are_checked_before_they_are_sent(store: Store) -> 
     assert store.entries_at([(alice, 5)]) == []  # nor is it an answer to a fetch
     # the quiet-time check records what it found; the altered entry stays held, and unsent
     rows = store.unchecked_after(alice, 0, 100)
-    assert [row[1] for row in rows] == list(range(1, 10))
-    store.signatures_checked(alice, [row[0] for row in rows if row[1] != 5], [row[0] for row in rows if row[1] == 5],
-                             True)
+    assert [row[0] for row in rows] == list(range(1, 10))
+    store.signatures_checked(alice, [(h, sig) for seq, h, _, sig in rows if seq != 5],
+                             [(h, sig) for seq, h, _, sig in rows if seq == 5], True)
     assert store.unchecked_after(alice, 0, 100) == [] and store.feeds_unchecked(10) == []
     assert seqs(store, alice) == list(range(1, 11))
     assert [row[0] for row in store.raw_entries_after(alice, 0, 100)] == [1, 2, 3, 4]
