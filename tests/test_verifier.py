@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import nacl.signing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pnode.verifier import Verifier
-from protocol.log import create_entry, verify_batch
+from protocol.log import create_entry, signature_ok, verify_batch
 
 KEY = nacl.signing.SigningKey(b"\x09" * 32)
 KEYS = [nacl.signing.SigningKey(bytes([20 + i]) * 32) for i in range(40)]
@@ -119,3 +121,32 @@ async def test_an_entry_is_not_proven_by_a_signature_that_was_cut_away() -> None
     _damage(items, 1, "signature")
     entries, error, _ = verify_batch(items)
     assert error is not None and len(entries) == 1
+
+
+CHAINS = {key: _chain(key, 6) for key in KEYS[:3]}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5), st.booleans()), max_size=14))
+def test_every_entry_kept_is_proven_by_a_good_signature(picks: list[tuple[int, int, bool]]) -> None:
+    """Any batch (feeds interleaved, entries repeated, skipped or out of order, signatures altered): what
+    verify_batch keeps is a prefix of the batch, stops only at a bad signature, and every entry kept is signed
+    itself or linked, entry by entry within what is kept, to a later entry of its feed whose signature is good."""
+    items: list[Item] = []
+    for feed, seq, alter in picks:
+        items.append(CHAINS[KEYS[feed]][seq])
+        if alter:
+            _damage(items, len(items) - 1, "signature")
+    kept, error, unchecked = verify_batch(items)
+    assert [e.to_wire() for e in kept] == [list(item) for item in items[:len(kept)]]
+    assert (error is None) == (len(kept) == len(items))
+    for position, entry in enumerate(kept):
+        if entry.hash not in unchecked:
+            assert signature_ok(entry.header_bytes, entry.signature)
+            continue
+        proof = entry
+        for later in kept[position + 1:]:
+            if later.author == entry.author:
+                assert later.seq == proof.seq + 1 and later.header.prev == proof.hash
+                proof = later
+        assert proof is not entry and signature_ok(proof.header_bytes, proof.signature)
