@@ -364,8 +364,10 @@ class Store:
         row_id, stored_hash, stored_payload, retracted, header_a, signature_a, signature_state = row
         if stored_hash == entry.hash:
             result.duplicates += 1
-            if signature_state != SIGNATURE_CHECKED and (entry.signature != signature_a or entry.hash not in unchecked):
-                self._set_signature(row_id, entry, entry.hash not in unchecked, result)
+            checked = entry.hash not in unchecked
+            if (signature_state == SIGNATURE_UNCHECKED and checked) or (
+                    signature_state == SIGNATURE_BAD and entry.signature != signature_a):
+                self._set_signature(row_id, entry, checked, result)
             if (entry.payload is not None and not retracted
                     and (stored_payload is None or not payload_matches(entry.header_bytes, stored_payload))):
                 self._set_payload(row_id, entry)  # a missing payload, or one damaged on disk, comes back
