@@ -1,7 +1,8 @@
-# Checks received batches: everything but the signatures in the node's own process, then the signatures the
-# batch needs checked (spec/log.md, "Checking a batch": one per feed for a run that forms a hash chain, every
-# one otherwise) in worker processes when there are many, so that a batch of many feeds uses every core:
-# libsodium's Ed25519 verify costs 55 us, and threads in one process contend for the GIL between calls.
+# Checks received batches in worker processes, so that a node syncing uses every core (threads in one process
+# contend for the GIL): a large batch's decoding and payload hashes (9 us an entry) in chunks, then the
+# signatures the batch needs (spec/log.md, "Checking a batch": one per feed for a run that forms a hash chain,
+# every one otherwise; libsodium's Ed25519 verify costs 55 us) when there are many. The node's process rebuilds
+# the entries from what the workers found (2 us an entry) and checks the few signatures left itself.
 # The workers die with the node, whatever kills it (see _worker_init).
 from __future__ import annotations
 
@@ -22,17 +23,20 @@ import trio
 from protocol.errors import InvalidEntry
 from protocol.log import (
     Entry,
+    Header,
     authenticate,
     bad_signatures,
     signature_ok,
     signatures_to_check,
     verify_entries,
+    verify_entries_compact,
 )
 
 log = logging.getLogger("p2pnode.verifier")
 
 Raw = tuple[bytes, bytes, bytes | None]
 INLINE_CHUNK = 100  # signatures checked on the event loop between two checkpoints (5.5 ms)
+WORKER_BATCH = 256  # entries from which a batch is checked in the workers (below, the hop costs more than it saves)
 
 
 class Verifier:
@@ -49,24 +53,23 @@ class Verifier:
                                             initializer=_worker_init, initargs=(os.getpid(),))
 
     def start(self, items: list[Raw]) -> Pending:
-        """Check a batch but for its signatures now, and hand the signatures it needs checked to the workers;
-        `await pending.result()` later. Starting the next batch before finishing this one keeps the workers
-        busy while the node stores the previous batch."""
-        entries, error = verify_entries(items, signatures_checked=True)
-        positions = signatures_to_check(entries)
-        chunks: list[list[int]] = []
-        futures: list[Future[list[int]]] = []
-        if self.pool is not None and len(positions) >= 2 * self.workers:
-            size = -(-len(positions) // self.workers)
-            chunks = [positions[i:i + size] for i in range(0, len(positions), size)]
+        """Start checking a batch; `await pending.result()` later. A large batch is checked but for its
+        signatures in the workers, a chunk each; a small one here, at once, its signatures handed to the
+        workers when it needs many. Starting the next batch before finishing this one keeps the workers busy
+        while the node stores the previous batch."""
+        pending = Pending(self, items)
+        if self.pool is not None and len(items) >= WORKER_BATCH:
+            size = -(-len(items) // self.workers)
             try:
-                futures = [self.pool.submit(bad_signatures,
-                                            [(entries[i].header_bytes, entries[i].signature) for i in chunk])
-                           for chunk in chunks]
+                pending.structure = [self.pool.submit(verify_entries_compact, items[i:i + size])
+                                     for i in range(0, len(items), size)]
+                pending.structure_size = size
+                return pending
             except (BrokenProcessPool, RuntimeError) as exc:  # a worker died, or the pool is shut down
                 self._lost(exc)
-                futures = []
-        return Pending(self, entries, error, chunks, futures)
+        pending.entries, pending.error = verify_entries(items, signatures_checked=True)
+        pending.check_signatures()
+        return pending
 
     async def verify(self, items: list[Raw]) -> tuple[list[Entry], InvalidEntry | None, set[bytes]]:
         return await self.start(items).result()
@@ -99,25 +102,65 @@ class Verifier:
 
 
 class Pending:
-    """A batch whose signatures the workers are checking."""
+    """A batch being checked: its structure (decoding, payload hashes: in the workers for a large batch),
+    then the signatures it needs (in the workers when there are many)."""
 
-    def __init__(self, verifier: Verifier, entries: list[Entry], error: InvalidEntry | None,
-                 chunks: list[list[int]], futures: list[Future[list[int]]]) -> None:
+    def __init__(self, verifier: Verifier, items: list[Raw]) -> None:
         self.verifier = verifier
-        self.entries = entries
-        self.error = error
-        self.chunks = chunks
-        self.futures = futures
+        self.items = items
+        self.entries: list[Entry] = []
+        self.error: InvalidEntry | None = None
+        self.structure: list[Future[tuple[list[tuple[Header, bytes, Any]], bool]]] = []
+        self.structure_size = 0
+        self.chunks: list[list[int]] = []  # positions whose signatures the workers check, a chunk each
+        self.futures: list[Future[list[int]]] = []
+
+    def check_signatures(self) -> None:
+        """Hand the signatures the batch needs checked to the workers, when there are many."""
+        verifier, entries = self.verifier, self.entries
+        positions = signatures_to_check(entries)
+        if verifier.pool is None or len(positions) < 2 * verifier.workers:
+            return
+        size = -(-len(positions) // verifier.workers)
+        chunks = [positions[i:i + size] for i in range(0, len(positions), size)]
+        try:
+            self.futures = [verifier.pool.submit(bad_signatures,
+                                                 [(entries[i].header_bytes, entries[i].signature) for i in chunk])
+                            for chunk in chunks]
+            self.chunks = chunks
+        except (BrokenProcessPool, RuntimeError) as exc:
+            verifier._lost(exc)
+
+    async def _worker_results(self, futures: list[Future[Any]]) -> list[Any] | None:
+        try:
+            return await trio.to_thread.run_sync(_results, futures, abandon_on_cancel=True)
+        except (BrokenProcessPool, RuntimeError) as exc:
+            self.verifier._lost(exc)
+            return None
+
+    async def _rebuild(self) -> None:
+        """The entries as the workers found them, up to the first invalid one (named by checking it here)."""
+        results = await self._worker_results(self.structure)
+        if results is None:
+            self.entries, self.error = verify_entries(self.items, signatures_checked=True)
+            return
+        items, size = self.items, self.structure_size
+        for number, (found, failed) in enumerate(results):
+            base = number * size
+            self.entries.extend(Entry(*items[base + i], header, entry_hash, decoded)
+                                for i, (header, entry_hash, decoded) in enumerate(found))
+            if failed:
+                _, error = verify_entries(items[base + len(found):base + len(found) + 1], signatures_checked=True)
+                self.error = error or InvalidEntry("invalid entry")
+                return
 
     async def result(self) -> tuple[list[Entry], InvalidEntry | None, set[bytes]]:
+        if self.structure:
+            await self._rebuild()
+            self.check_signatures()
         known: dict[int, bool] = {}  # position -> signature valid, as the workers found
         if self.futures:
-            try:
-                results = await trio.to_thread.run_sync(_results, self.futures, abandon_on_cancel=True)
-            except (BrokenProcessPool, RuntimeError) as exc:
-                self.verifier._lost(exc)
-                results = []
-            for chunk, bad in zip(self.chunks, results, strict=False):
+            for chunk, bad in zip(self.chunks, await self._worker_results(self.futures) or [], strict=False):
                 known.update((position, index not in bad) for index, position in enumerate(chunk))
         entries = self.entries
 

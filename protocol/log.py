@@ -325,6 +325,15 @@ def verify_entries(items: list[tuple[bytes, bytes, bytes | None]], *,
     return verified, None
 
 
+def verify_entries_compact(items: list[tuple[bytes, bytes, bytes | None]],
+                           ) -> tuple[list[tuple[Header, bytes, dict[str, Any] | None]], bool]:
+    """verify_entries(signatures_checked=True) for a worker process: of each entry before the first invalid
+    one, what rebuilds its Entry from the bytes the caller holds (header, hash, decoded payload), and whether
+    an invalid entry followed them (the caller checks that one itself, to name what is wrong)."""
+    entries, error = verify_entries(items, signatures_checked=True)
+    return [(entry.header, entry.hash, entry.decoded) for entry in entries], error is not None
+
+
 def signatures_to_check(entries: list[Entry]) -> list[int]:
     """Step 3 for a batch (spec/log.md, "Checking a batch"): the positions of the entries whose own signatures
     must be checked. Of each feed's entries in the batch, when they form one hash chain in batch order (each

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pnode.verifier import Verifier
+from p2pnode.verifier import WORKER_BATCH, Verifier
 from protocol.log import create_entry, signature_ok, verify_batch
 
 KEY = nacl.signing.SigningKey(b"\x09" * 32)
@@ -150,3 +150,30 @@ def test_every_entry_kept_is_proven_by_a_good_signature(picks: list[tuple[int, i
                 assert later.seq == proof.seq + 1 and later.header.prev == proof.hash
                 proof = later
         assert proof is not entry and signature_ok(proof.header_bytes, proof.signature)
+
+
+LONG = 300  # over WORKER_BATCH: the batch's structure is checked in the workers, a chunk of 150 each
+MANY_KEYS = [nacl.signing.SigningKey(i.to_bytes(2, "big") * 16) for i in range(LONG)]
+
+
+def test_long_batches_go_to_the_workers_in_chunks() -> None:
+    assert WORKER_BATCH <= LONG < 2 * WORKER_BATCH
+
+
+@pytest.mark.parametrize("position", [0, 77, 149, 150, 298, 299])
+@pytest.mark.parametrize("damage", ["signature", "header", "payload", None])
+@pytest.mark.parametrize("shape", ["one feed", "many feeds"])
+async def test_a_long_batch_checked_in_the_workers_matches_inline(workers: Verifier, position: int,
+                                                                  damage: str | None, shape: str) -> None:
+    items = _chain(KEY, LONG) if shape == "one feed" else [_chain(key, 1)[0] for key in MANY_KEYS]
+    if damage is not None:
+        _damage(items, position, damage)
+    pending = workers.start(items)
+    assert len(pending.structure) == 2  # it really went to the two worker processes, a chunk each
+    entries, error, unchecked = await pending.result()
+    inline_entries, inline_error, inline_unchecked = verify_batch(items)
+    assert [e.hash for e in entries] == [e.hash for e in inline_entries]
+    assert [e.to_wire() for e in entries] == [e.to_wire() for e in inline_entries]
+    assert [e.decoded for e in entries] == [e.decoded for e in inline_entries]
+    assert (error and error.reason) == (inline_error and inline_error.reason)
+    assert unchecked == inline_unchecked
