@@ -160,7 +160,8 @@ class Pending:
             self.check_signatures()
         known: dict[int, bool] = {}  # position -> signature valid, as the workers found
         if self.futures:
-            for chunk, bad in zip(self.chunks, await self._worker_results(self.futures) or [], strict=False):
+            for chunk, found in zip(self.chunks, await self._worker_results(self.futures) or [], strict=False):
+                bad = set(found)
                 known.update((position, index not in bad) for index, position in enumerate(chunk))
         entries = self.entries
 
