@@ -559,8 +559,9 @@ class Store:
         result = []
         damaged = []
         for seq_, header, signature, payload, row_id, signature_state in rows:
-            if signature_state != SIGNATURE_CHECKED and (signature_state == SIGNATURE_BAD
-                                                         or not signature_ok(header, signature)):
+            if signature_state == SIGNATURE_BAD:
+                break  # logged once, when it was found (p2pnode/sigcheck.py); fetched again meanwhile
+            if signature_state == SIGNATURE_UNCHECKED and not signature_ok(header, signature):
                 log.warning("entry %s is not sent on: its signature is bad (the entry is the author's, proven by "
                             "a later signature; the peer that sent it altered the signature)",
                             entry_ref(entry_hash(header)))

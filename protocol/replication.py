@@ -52,10 +52,6 @@ class PeerState:
     cursor: int = 0  # a peer that wants all: the feeds before this place in `Replicator.order` were offered
     strangers: dict[bytes, None] = field(default_factory=dict)  # noted feeds nobody named, oldest first
 
-    def has_work(self) -> bool:
-        return bool(self.notes_due or self.notes_waiting or self.stream_due or self.stop_due or self.dirty
-                    or self.backfill_due or self.backfill_to)
-
 
 class Replicator:
     """The replication state of one node and all its connected peers. Every method is an event; the

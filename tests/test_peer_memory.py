@@ -29,7 +29,8 @@ def chunks(feeds: list[bytes], seq: int) -> list[dict[bytes, int]]:
 
 def per_peer_counts(peer: PeerState) -> dict[str, int]:
     return {name: len(getattr(peer, name)) for name in (
-        "their_want", "their_seq", "streaming_to", "streaming_from", "want_sent", "notes_due", "stream_due",
+        "their_want", "their_seq", "streaming_to", "streaming_from", "want_sent", "notes_due", "notes_waiting",
+        "stream_due",
         "stop_due", "dirty", "backfill_due", "backfill_to", "distrusted", "strangers")}
 
 
